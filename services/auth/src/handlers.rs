@@ -1,0 +1,215 @@
+use axum::{extract::State, http::StatusCode, response::Response};
+use chat_common::{
+    http::{Json, Query, readiness},
+    jwt::Caller,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{AppState, AuthError};
+
+/// `POST /auth/register` and `POST /auth/login` bodies. A JSON object or array where a string
+/// belongs (`{"$ne": null}`) fails deserialisation: a 400, never a query operator.
+#[derive(Debug, Deserialize)]
+pub struct Credentials {
+    username: String,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LookupQuery {
+    username: Option<String>,
+}
+
+const USERNAME_LEN: std::ops::RangeInclusive<usize> = 3..=32;
+const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=128;
+/// Longest username or password looked at on login (accounts created by the original system may
+/// not follow today's rules, but nothing longer than this is worth hashing).
+const LOGIN_FIELD_MAX: usize = 1024;
+
+fn validate_username(username: &str) -> Result<(), AuthError> {
+    let len = username.chars().count();
+    if !USERNAME_LEN.contains(&len) {
+        return Err(AuthError::Validation(
+            "Username must be 3 to 32 characters long".into(),
+        ));
+    }
+    if !username
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(AuthError::Validation(
+            "Username may contain only letters, digits, '_', '.' and '-'".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_password(password: &str) -> Result<(), AuthError> {
+    if !PASSWORD_LEN.contains(&password.chars().count()) {
+        return Err(AuthError::Validation(
+            "Password must be 8 to 128 characters long".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    Json(body): Json<Credentials>,
+) -> Result<(StatusCode, Json<Value>), AuthError> {
+    let result = async {
+        validate_username(&body.username)?;
+        validate_password(&body.password)?;
+        // Cheap early answer for the common case; the unique index decides races.
+        if state
+            .store
+            .find_by_username(&body.username)
+            .await?
+            .is_some()
+        {
+            return Err(AuthError::UsernameTaken);
+        }
+        let hash = state.hasher.hash(body.password).await?;
+        state
+            .store
+            .create(&body.username, &hash)
+            .await
+            .map_err(AuthError::from)
+    }
+    .await;
+    let label = match &result {
+        Ok(_) => "created",
+        Err(AuthError::UsernameTaken) => "taken",
+        Err(AuthError::Validation(_)) => "invalid",
+        Err(_) => "error",
+    };
+    state
+        .metrics
+        .registrations
+        .with_label_values(&[label])
+        .inc();
+    let id = result?;
+    tracing::info!(user_id = %id, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "message": "User registered successfully", "id": id })),
+    ))
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    Json(body): Json<Credentials>,
+) -> Result<Json<Value>, AuthError> {
+    let result = login_inner(&state, body).await;
+    let label = match &result {
+        Ok(_) => "success",
+        Err(AuthError::InvalidCredentials) => "invalid",
+        Err(AuthError::TooManyAttempts(_)) => "throttled",
+        Err(AuthError::Validation(_)) => "bad_request",
+        Err(_) => "error",
+    };
+    state.metrics.logins.with_label_values(&[label]).inc();
+    let token = result?;
+    Ok(Json(
+        json!({ "message": "Login successful", "token": token }),
+    ))
+}
+
+async fn login_inner(state: &AppState, body: Credentials) -> Result<String, AuthError> {
+    let Credentials { username, password } = body;
+    if username.is_empty() || password.is_empty() {
+        return Err(AuthError::Validation(
+            "Username and password are required".into(),
+        ));
+    }
+    if username.len() > LOGIN_FIELD_MAX || password.len() > LOGIN_FIELD_MAX {
+        return Err(AuthError::InvalidCredentials);
+    }
+    state
+        .throttle
+        .check(&username)
+        .map_err(AuthError::TooManyAttempts)?;
+    let user = state.store.find_by_username(&username).await?;
+    let stored = user.as_ref().map(|u| u.password.clone());
+    if let Some(s) = &stored
+        && !s.starts_with("$argon2")
+    {
+        tracing::warn!(
+            "login for an account whose password is not hashed yet; run `auth-service migrate-passwords`"
+        );
+    }
+    let ok = state.hasher.verify(password, stored).await?;
+    match user {
+        Some(user) if ok => {
+            state.throttle.record_success(&username);
+            state
+                .issuer
+                .issue_user(&user.id, &user.username)
+                .map_err(|e| AuthError::Internal(e.to_string()))
+        }
+        _ => {
+            // Unknown accounts are throttled too, so lockouts reveal nothing about existence.
+            state.throttle.record_failure(&username);
+            Err(AuthError::InvalidCredentials)
+        }
+    }
+}
+
+/// `GET /auth/user-by-username?username=`: for a signed-in user or one of our services.
+pub async fn user_by_username(
+    State(state): State<AppState>,
+    Caller(_caller): Caller,
+    Query(query): Query<LookupQuery>,
+) -> Result<Json<Value>, AuthError> {
+    let username = query.username.unwrap_or_default();
+    if username.trim().is_empty() {
+        return Err(AuthError::Validation("Username is required".into()));
+    }
+    if username.len() > LOGIN_FIELD_MAX {
+        return Err(AuthError::UserNotFound);
+    }
+    let user = state
+        .store
+        .find_by_username(&username)
+        .await?
+        .ok_or(AuthError::UserNotFound)?;
+    Ok(Json(json!({ "id": user.id })))
+}
+
+/// `GET /readyz`: the user store answers.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await.map_err(|e| e.to_string());
+    readiness(&[("store", store)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_rules() {
+        for ok in ["bob", "alice_01", "a.b-c", &"x".repeat(32)] {
+            assert!(validate_username(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "ab",
+            "has space",
+            "semi;colon",
+            "ünï",
+            "$ne",
+            &"x".repeat(33),
+        ] {
+            assert!(validate_username(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn password_rules() {
+        assert!(validate_password("12345678").is_ok());
+        assert!(validate_password(&"é".repeat(128)).is_ok());
+        assert!(validate_password("1234567").is_err());
+        assert!(validate_password(&"x".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! auth-service: registration, login and JWT issuance, and the username -> id lookup the other
+//! services use. A drop-in for the original system's auth service (same routes, bodies and data),
+//! with argon2id passwords, throttled logins and authenticated lookups.
+
+pub mod error;
+pub mod password;
+pub mod store;
+pub mod throttle;
+
+mod handlers;
+mod migrate;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{Router, extract::FromRef, routing::get, routing::post};
+use chat_common::{
+    config::{ConfigError, Source, Vars},
+    http::Limits,
+    jwt::{JwtSettings, TokenIssuer, TokenVerifier},
+    metrics::{self, HttpMetrics},
+};
+use tokio::net::TcpListener;
+
+pub use error::AuthError;
+pub use migrate::{MigrationReport, migrate_passwords};
+use password::{HashMetrics, HashParams, PasswordHasher};
+use store::UserStore;
+use throttle::LoginThrottle;
+
+/// auth-service configuration, from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `PORT` (default 5001).
+    pub port: u16,
+    /// `DATABASE_URL`, a MongoDB URL whose path names the database (`mongodb://db:27017/auth`).
+    pub database_url: Option<String>,
+    /// `CHAT_DEV_MODE=true`: development defaults (JWT secret, embedded store without
+    /// `DATABASE_URL`). Never set it in production.
+    pub dev_mode: bool,
+    /// `DATA_DIR` (default `./data`): where the embedded store lives in dev mode.
+    pub data_dir: std::path::PathBuf,
+    pub jwt: JwtSettings,
+    /// `ARGON2_MEMORY_KIB` / `ARGON2_ITERATIONS` / `ARGON2_PARALLELISM` (OWASP minimum by default;
+    /// lower values are refused).
+    pub hash: HashParams,
+    /// `HASH_CONCURRENCY`: hashes computed at once (default: the number of CPUs).
+    pub hash_concurrency: usize,
+    /// `HASH_QUEUE`: requests allowed to wait for a hashing slot before 503 (default 128).
+    pub hash_queue: usize,
+    /// `LOGIN_MAX_FAILURES` per account within `LOGIN_FAILURE_WINDOW` (default 10 per 60 s; 0 disables).
+    pub login_max_failures: u32,
+    pub login_failure_window: Duration,
+    /// `DB_TIMEOUT`: longest a database call may take (default 5 s).
+    pub db_timeout: Duration,
+    /// `REQUEST_TIMEOUT` (default 10 s) and `MAX_BODY_BYTES` (default 64 KiB).
+    pub limits: Limits,
+}
+
+impl Config {
+    pub fn from_env<S: Source>(vars: &Vars<S>) -> Result<Self, ConfigError> {
+        let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let hash = HashParams {
+            memory_kib: vars.parse_or("ARGON2_MEMORY_KIB", HashParams::OWASP_MIN.memory_kib)?,
+            iterations: vars.parse_or("ARGON2_ITERATIONS", HashParams::OWASP_MIN.iterations)?,
+            parallelism: vars.parse_or("ARGON2_PARALLELISM", HashParams::OWASP_MIN.parallelism)?,
+        };
+        if !hash.meets_minimum() {
+            return Err(ConfigError::malformed(
+                "ARGON2_MEMORY_KIB",
+                format!("{hash:?}"),
+                "argon2id parameters below OWASP's minimum (19456 KiB, t=2, p=1)",
+            ));
+        }
+        let defaults = Limits::default();
+        Ok(Self {
+            port: vars.parse_or("PORT", 5001)?,
+            database_url: vars.string("DATABASE_URL"),
+            dev_mode: vars.dev_mode()?,
+            data_dir: vars
+                .string("DATA_DIR")
+                .unwrap_or_else(|| "data".to_owned())
+                .into(),
+            jwt: JwtSettings::from_env(vars)?,
+            hash,
+            hash_concurrency: vars.parse_or("HASH_CONCURRENCY", cpus)?,
+            hash_queue: vars.parse_or("HASH_QUEUE", 128)?,
+            login_max_failures: vars.parse_or("LOGIN_MAX_FAILURES", 10)?,
+            login_failure_window: vars
+                .duration_or("LOGIN_FAILURE_WINDOW", Duration::from_secs(60))?,
+            db_timeout: vars.duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
+            limits: Limits {
+                body_bytes: vars.parse_or("MAX_BODY_BYTES", defaults.body_bytes)?,
+                request_timeout: vars.duration_or("REQUEST_TIMEOUT", defaults.request_timeout)?,
+            },
+        })
+    }
+}
+
+/// auth-service's own metrics.
+#[derive(Clone)]
+pub struct AuthMetrics {
+    pub registrations: prometheus::IntCounterVec,
+    pub logins: prometheus::IntCounterVec,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn UserStore>,
+    pub hasher: Arc<PasswordHasher>,
+    pub throttle: Arc<LoginThrottle>,
+    pub issuer: Arc<TokenIssuer>,
+    pub verifier: Arc<TokenVerifier>,
+    pub http_metrics: HttpMetrics,
+    pub metrics: AuthMetrics,
+    pub limits: Limits,
+}
+
+impl FromRef<AppState> for Arc<TokenVerifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+impl AppState {
+    /// Builds the state over a user store.
+    pub fn new(config: &Config, store: Arc<dyn UserStore>) -> anyhow::Result<Self> {
+        let http_metrics = HttpMetrics::new("auth");
+        let hash_metrics = HashMetrics {
+            duration: metrics::histogram(
+                "auth_password_hash_seconds",
+                "Time to hash or verify one password (argon2id).",
+                metrics::LATENCY_BUCKETS,
+            ),
+            in_flight: metrics::gauge(
+                "auth_password_hash_in_flight",
+                "Password operations running or waiting for a slot.",
+            ),
+            rejected: prometheus::IntCounter::new(
+                "auth_password_hash_rejected_total",
+                "Password operations refused with 503 because the queue was full.",
+            )?,
+        };
+        http_metrics.register(hash_metrics.duration.clone());
+        http_metrics.register(hash_metrics.in_flight.clone());
+        http_metrics.register(hash_metrics.rejected.clone());
+        let metrics = AuthMetrics {
+            registrations: metrics::counter_vec(
+                "auth_registrations_total",
+                "Registration attempts by result.",
+                &["result"],
+            ),
+            logins: metrics::counter_vec(
+                "auth_logins_total",
+                "Login attempts by result.",
+                &["result"],
+            ),
+        };
+        http_metrics.register(metrics.registrations.clone());
+        http_metrics.register(metrics.logins.clone());
+        let hasher = PasswordHasher::new(
+            config.hash,
+            config.hash_concurrency,
+            config.hash_queue,
+            Some(hash_metrics),
+        )?;
+        let issuer = config.jwt.issuer().ok_or_else(|| {
+            anyhow::anyhow!("auth-service needs a signing key: JWT_SECRET or JWT_PRIVATE_KEY_FILE")
+        })?;
+        Ok(Self {
+            store,
+            hasher: Arc::new(hasher),
+            throttle: Arc::new(LoginThrottle::new(
+                config.login_max_failures,
+                config.login_failure_window,
+            )),
+            issuer: Arc::new(issuer),
+            verifier: Arc::new(config.jwt.verifier()),
+            http_metrics,
+            metrics,
+            limits: config.limits,
+        })
+    }
+}
+
+/// The service's routes, with health, metrics and the common middleware.
+pub fn router(state: AppState) -> Router {
+    let metrics = state.http_metrics.clone();
+    let limits = state.limits;
+    let routes = Router::new()
+        .route("/auth/register", post(handlers::register))
+        .route("/auth/login", post(handlers::login))
+        .route("/auth/user-by-username", get(handlers::user_by_username))
+        .route("/readyz", get(handlers::readyz))
+        .with_state(state);
+    chat_common::http::finish_router(routes, &metrics, limits)
+}
+
+/// Serves the service on `listener` until `shutdown` resolves.
+pub async fn run<F>(listener: TcpListener, state: AppState, shutdown: F) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    chat_common::http::serve(listener, router(state), shutdown).await
+}

@@ -1,0 +1,201 @@
+//! MongoDB user store: collection `users` of the database named in `DATABASE_URL`, with the
+//! original system's field names (`_id`, `username`, `password`).
+
+use std::{
+    future::IntoFuture,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use mongodb::{
+    Client, Collection, Database, IndexModel,
+    bson::{doc, oid::ObjectId},
+    error::{ErrorKind, WriteFailure},
+    options::{ClientOptions, IndexOptions},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{StoreError, UserRecord, UserStore};
+
+const DUPLICATE_KEY: i32 = 11000;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UserDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+impl From<UserDoc> for UserRecord {
+    fn from(d: UserDoc) -> Self {
+        Self {
+            id: d.id.to_hex(),
+            username: d.username,
+            password: d.password,
+        }
+    }
+}
+
+pub struct MongoUserStore {
+    db: Database,
+    users: Collection<UserDoc>,
+    op_timeout: Duration,
+    indexed: AtomicBool,
+}
+
+impl MongoUserStore {
+    /// Connects lazily (the driver connects on first use) to the database named in `url`'s path.
+    pub async fn connect(url: &str, app_name: &str, op_timeout: Duration) -> anyhow::Result<Self> {
+        let mut options = ClientOptions::parse(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a MongoDB URL: {e}"))?;
+        let db_name = options.default_database.clone().ok_or_else(|| {
+            anyhow::anyhow!("DATABASE_URL must name the database, e.g. mongodb://db:27017/auth")
+        })?;
+        options.app_name = Some(app_name.to_owned());
+        options.server_selection_timeout.get_or_insert(op_timeout);
+        options.connect_timeout.get_or_insert(op_timeout);
+        let client = Client::with_options(options)?;
+        let db = client.database(&db_name);
+        Ok(Self {
+            users: db.collection("users"),
+            db,
+            op_timeout,
+            indexed: AtomicBool::new(false),
+        })
+    }
+
+    /// Creates the unique index on `username` (idempotent; the original's Mongoose model made the
+    /// same one). Registration is refused until this has succeeded once.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let index = IndexModel::builder()
+            .keys(doc! { "username": 1 })
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .name("username_1".to_owned())
+                    .build(),
+            )
+            .build();
+        self.timed(self.users.create_index(index)).await?;
+        self.indexed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Retries [`Self::ensure_indexes`] with backoff until it succeeds.
+    pub async fn ensure_indexes_with_retry(&self) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.ensure_indexes().await {
+                Ok(()) => {
+                    tracing::info!("users indexes ready");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot create users indexes yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        fut: impl IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.op_timeout, fut.into_future()).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if is_duplicate(&e) => Err(StoreError::Duplicate),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {:?}",
+                self.op_timeout
+            ))),
+        }
+    }
+}
+
+fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+fn parse_id(id: &str) -> Option<ObjectId> {
+    ObjectId::parse_str(id).ok()
+}
+
+#[async_trait]
+impl UserStore for MongoUserStore {
+    async fn create(&self, username: &str, password_hash: &str) -> Result<String, StoreError> {
+        if !self.indexed.load(Ordering::Acquire) {
+            // Without the unique index, two concurrent registrations could both succeed.
+            self.ensure_indexes().await?;
+        }
+        let user = UserDoc {
+            id: ObjectId::new(),
+            username: username.to_owned(),
+            password: password_hash.to_owned(),
+        };
+        self.timed(self.users.insert_one(&user)).await?;
+        Ok(user.id.to_hex())
+    }
+
+    async fn find_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let found = self
+            .timed(self.users.find_one(doc! { "username": username }))
+            .await?;
+        Ok(found.map(Into::into))
+    }
+
+    async fn page(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        let filter = match after.and_then(parse_id) {
+            Some(id) => doc! { "_id": { "$gt": id } },
+            None => doc! {},
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let users = &self.users;
+        self.timed(async move {
+            let mut cursor = users
+                .find(filter)
+                .sort(doc! { "_id": 1 })
+                .limit(limit)
+                .await?;
+            let mut out = Vec::new();
+            while cursor.advance().await? {
+                out.push(UserRecord::from(cursor.deserialize_current()?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn replace_password(
+        &self,
+        id: &str,
+        expected: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(oid) = parse_id(id) else {
+            return Ok(false);
+        };
+        let result = self
+            .timed(self.users.update_one(
+                doc! { "_id": oid, "password": expected },
+                doc! { "$set": { "password": new } },
+            ))
+            .await?;
+        Ok(result.modified_count == 1)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed(self.db.run_command(doc! { "ping": 1 })).await?;
+        Ok(())
+    }
+}

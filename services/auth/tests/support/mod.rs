@@ -1,0 +1,183 @@
+//! Spawns auth-service on 127.0.0.1:0 over a fresh database of the real MongoDB-compatible server.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, sync::Arc};
+
+use auth_service::{AppState, Config, store::MongoUserStore};
+use chat_common::{config::Vars, testing};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub state: AppState,
+    pub store: Arc<MongoUserStore>,
+    pub database_url: String,
+    pub database: String,
+    _stop: oneshot::Sender<()>,
+}
+
+pub fn vars(database_url: &str, extra: &[(&str, &str)]) -> Vars<Vec<(String, String)>> {
+    let mut v = vec![
+        ("PORT".to_owned(), "0".to_owned()),
+        ("DATABASE_URL".to_owned(), database_url.to_owned()),
+        ("JWT_SECRET".to_owned(), SECRET.to_owned()),
+        ("DB_TIMEOUT".to_owned(), "2s".to_owned()),
+    ];
+    v.extend(
+        extra
+            .iter()
+            .map(|(k, val)| ((*k).to_owned(), (*val).to_owned())),
+    );
+    Vars(v)
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    let (database_url, database) = testing::mongodb_url_with_fresh_database("auth");
+    spawn_on(&database_url, &database, extra).await
+}
+
+pub async fn spawn_on(database_url: &str, database: &str, extra: &[(&str, &str)]) -> TestApp {
+    let config = Config::from_env(&vars(database_url, extra)).expect("valid test config");
+    let store = Arc::new(
+        MongoUserStore::connect(database_url, "auth-test", config.db_timeout)
+            .await
+            .expect("valid MongoDB URL"),
+    );
+    store.ensure_indexes().await.unwrap_or_else(|e| {
+        panic!("cannot use the MongoDB-compatible server at {database_url}: {e}")
+    });
+    start(config, store, database_url, database).await
+}
+
+pub async fn start(
+    config: Config,
+    store: Arc<MongoUserStore>,
+    database_url: &str,
+    database: &str,
+) -> TestApp {
+    let state = AppState::new(&config, store.clone()).expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(auth_service::run(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        http: reqwest::Client::new(),
+        state,
+        store,
+        database_url: database_url.to_owned(),
+        database: database.to_owned(),
+        _stop: stop,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        read(r).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> (u16, Value) {
+        self.post_json(
+            "/auth/register",
+            &serde_json::json!({ "username": username, "password": password }),
+        )
+        .await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> (u16, Value) {
+        self.post_json(
+            "/auth/login",
+            &serde_json::json!({ "username": username, "password": password }),
+        )
+        .await
+    }
+
+    /// Registers and logs in; returns (id, token).
+    pub async fn user(&self, username: &str) -> (String, String) {
+        let (s, body) = self.register(username, "password-123").await;
+        assert_eq!(s, 201, "{body}");
+        let (s, login) = self.login(username, "password-123").await;
+        assert_eq!(s, 200, "{login}");
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            login["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// The raw `users` collection, to check or plant documents as the original system wrote them.
+    pub async fn users(&self) -> mongodb::Collection<mongodb::bson::Document> {
+        let client = mongodb::Client::with_uri_str(&self.database_url)
+            .await
+            .unwrap();
+        client.database(&self.database).collection("users")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// Status and JSON body; panics if an error response is not a JSON `{"message"}`.
+pub async fn read(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
+    if status >= 400 {
+        assert!(
+            body["message"].is_string(),
+            "status {status}: error body lacks a message: {body}"
+        );
+    }
+    (status, body)
+}

@@ -1,0 +1,174 @@
+//! Configuration from environment variables.
+//!
+//! The seed's variable names come first (`PORT`, `DATABASE_URL`, `JWT_SECRET`, ...); every extra has a
+//! documented default. A malformed value is an error naming the variable, never a silent default.
+
+use std::{fmt::Display, str::FromStr, time::Duration};
+
+/// A configuration value that is missing or cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{name} is malformed ({value:?}): {reason}")]
+    Malformed {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    pub fn malformed(name: &'static str, value: impl Into<String>, reason: impl Display) -> Self {
+        Self::Malformed {
+            name,
+            value: value.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Where the values come from: the process environment, or a fixed list (tests, embedding).
+pub trait Source {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Source for Vec<(String, String)> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+impl<S: Source + ?Sized> Source for &S {
+    fn get(&self, name: &str) -> Option<String> {
+        (**self).get(name)
+    }
+}
+
+/// Typed access to a [`Source`]. Empty values count as unset.
+#[derive(Debug, Clone, Copy)]
+pub struct Vars<S>(pub S);
+
+impl<S: Source> Vars<S> {
+    pub fn string(&self, name: &'static str) -> Option<String> {
+        self.0
+            .get(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.string(name).ok_or(ConfigError::Missing(name))
+    }
+
+    pub fn parse_or<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.string(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e| ConfigError::malformed(name, v, e)),
+        }
+    }
+
+    /// A duration such as `3600`, `3600s`, `500ms`, `60m`, `1h` or `7d` (a bare number is seconds).
+    pub fn duration_or(
+        &self,
+        name: &'static str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match self.string(name) {
+            None => Ok(default),
+            Some(v) => parse_duration(&v).ok_or_else(|| {
+                ConfigError::malformed(name, v, "expected a duration such as 30s, 500ms, 60m or 1h")
+            }),
+        }
+    }
+
+    pub fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match self.string(name).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(false),
+            Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+            Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+            Some(v) => Err(ConfigError::malformed(name, v, "expected true or false")),
+        }
+    }
+
+    /// `CHAT_DEV_MODE=true` allows built-in development defaults (such as a JWT secret).
+    pub fn dev_mode(&self) -> Result<bool, ConfigError> {
+        self.flag("CHAT_DEV_MODE")
+    }
+}
+
+/// Parses `3600`, `3600s`, `500ms`, `60m`, `1h`, `7d`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
+    match unit.trim() {
+        "" | "s" => secs(1),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vars<Vec<(String, String)>> {
+        Vars(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("1 h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("-1"), None);
+        assert_eq!(parse_duration("5 weeks"), None);
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        let v = vars(&[("PORT", "http"), ("EMPTY", "  ")]);
+        let err = v.parse_or::<u16>("PORT", 1).unwrap_err().to_string();
+        assert!(err.contains("PORT"), "{err}");
+        assert_eq!(v.parse_or::<u16>("EMPTY", 7).unwrap(), 7);
+        assert!(matches!(
+            v.required("EMPTY"),
+            Err(ConfigError::Missing("EMPTY"))
+        ));
+        assert!(vars(&[("CHAT_DEV_MODE", "maybe")]).dev_mode().is_err());
+        assert!(vars(&[("CHAT_DEV_MODE", "TRUE")]).dev_mode().unwrap());
+    }
+}

@@ -1,0 +1,240 @@
+//! HTTP plumbing shared by the services: the `{"message": ...}` error body, extractors whose
+//! rejections are JSON, the common middleware stack and the server loop.
+
+use std::{future::Future, io, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, rejection},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::metrics::HttpMetrics;
+
+/// The body of every error response: `{"message": "..."}`, as the original system sent.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub message: &'a str,
+}
+
+/// Builds a JSON error response.
+pub fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(ErrorBody { message })).into_response()
+}
+
+/// Adds `Retry-After: <secs>` to a response.
+pub fn with_retry_after(mut response: Response, secs: u64) -> Response {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    response
+}
+
+/// A client error found before the handler ran: bad JSON, bad query, missing token.
+#[derive(Debug, Clone)]
+pub struct ApiRejection {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiRejection {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiRejection {
+    fn into_response(self) -> Response {
+        error_response(self.status, &self.message)
+    }
+}
+
+impl From<rejection::JsonRejection> for ApiRejection {
+    fn from(r: rejection::JsonRejection) -> Self {
+        use rejection::JsonRejection as J;
+        let status = match &r {
+            J::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            J::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Self::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large");
+            }
+            J::BytesRejection(b) => b.status(),
+            // Syntax errors, wrong types (`{"$ne": null}` where a string belongs), missing fields.
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, r.body_text())
+    }
+}
+
+impl From<rejection::QueryRejection> for ApiRejection {
+    fn from(r: rejection::QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+/// `axum::Json` whose rejection is a JSON `{"message"}` with a 4xx status.
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiRejection))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Query` whose rejection is a JSON 400.
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiRejection))]
+pub struct Query<T>(pub T);
+
+/// Limits that every service applies to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body accepted; larger ones get 413.
+    pub body_bytes: usize,
+    /// Longest a request may take before it is answered with 503.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Wraps a service's routes with what every service has: `/healthz`, `/metrics`, JSON 404/405,
+/// body limit, request timeout, request metrics and request tracing.
+pub fn finish_router(routes: Router, metrics: &HttpMetrics, limits: Limits) -> Router {
+    let timeout = limits.request_timeout;
+    routes
+        .route("/healthz", axum::routing::get(healthz))
+        .route(
+            "/metrics",
+            axum::routing::get({
+                let metrics = metrics.clone();
+                move || async move { metrics.render() }
+            }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            request_timeout(timeout, req, next)
+        }))
+        .layer(middleware::from_fn_with_state(metrics.clone(), crate::metrics::track))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                // Never log query strings: they may carry tokens.
+                .make_span_with(|req: &Request| {
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                }),
+        )
+}
+
+async fn request_timeout(limit: Duration, req: Request, next: Next) -> Response {
+    if let Ok(response) = tokio::time::timeout(limit, next.run(req)).await {
+        response
+    } else {
+        tracing::warn!(?limit, "request timed out");
+        with_retry_after(
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "Request timed out"),
+            1,
+        )
+    }
+}
+
+/// `GET /healthz`: the process is alive and serving.
+pub async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// The `/readyz` answer for a list of dependency checks (`name`, `Ok` or the reason). Reasons
+/// are logged, not returned.
+pub fn readiness(checks: &[(&str, Result<(), String>)]) -> Response {
+    let mut failing = Vec::new();
+    let detail: serde_json::Map<String, serde_json::Value> = checks
+        .iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(()) => "ok",
+                Err(reason) => {
+                    tracing::warn!(check = name, %reason, "not ready");
+                    failing.push(*name);
+                    "unavailable"
+                }
+            };
+            ((*name).to_owned(), v.into())
+        })
+        .collect();
+    if failing.is_empty() {
+        let body = serde_json::json!({ "status": "ready", "checks": detail });
+        return (StatusCode::OK, axum::Json(body)).into_response();
+    }
+    let body = serde_json::json!({
+        "status": "not ready",
+        "message": format!("Unavailable: {}", failing.join(", ")),
+        "checks": detail,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "Not found")
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve<F>(listener: TcpListener, router: Router, shutdown: F) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening");
+    }
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Extracts the token of an `Authorization: Bearer <token>` header, if any.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer abc.def".parse().unwrap());
+        assert_eq!(bearer_token(&h), Some("abc.def"));
+        h.insert(header::AUTHORIZATION, "bearer   xyz ".parse().unwrap());
+        assert_eq!(bearer_token(&h), Some("xyz"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer_token(&h), None);
+    }
+}

@@ -1,0 +1,92 @@
+//! Helpers for the services' integration tests: where the real backing servers are, and a clear
+//! failure (never a skip) when one is not running.
+
+use std::{net::ToSocketAddrs, time::Duration};
+
+/// The MongoDB-compatible server for tests: `TEST_MONGODB_URL` (set by `tests/run.sh`), else
+/// `mongodb://127.0.0.1:27017`. Panics with instructions when nothing listens there.
+pub fn mongodb_url() -> String {
+    let url = std::env::var("TEST_MONGODB_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned());
+    require_listening("MongoDB-compatible server", "TEST_MONGODB_URL", &url);
+    url
+}
+
+/// The RabbitMQ server for tests: `TEST_RABBITMQ_URL`, else `amqp://guest:guest@127.0.0.1:5672/%2f`.
+pub fn rabbitmq_url() -> String {
+    let url = std::env::var("TEST_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    require_listening("RabbitMQ", "TEST_RABBITMQ_URL", &url);
+    url
+}
+
+/// `mongodb://host:port` plus a database name unique to this test: `(url, name)`.
+pub fn mongodb_url_with_fresh_database(prefix: &str) -> (String, String) {
+    let name = unique_name(prefix);
+    (with_database(&mongodb_url(), &name), name)
+}
+
+/// Replaces (or adds) the database path of a MongoDB URL, keeping its options.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(a, b)| (a, Some(b)));
+    let start = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[start..].find('/') {
+        Some(slash) => &base[..start + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+/// A name unlikely to repeat across tests and runs.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}_{}_{nanos:x}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn require_listening(what: &str, var: &str, url: &str) {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let first = host_port.split(',').next().unwrap_or_default();
+    let reachable = first.to_socket_addrs().ok().and_then(|mut addrs| {
+        addrs.find(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok())
+    });
+    assert!(
+        reachable.is_some(),
+        "{what} is not reachable at {first} ({var}={url}). Run the tests with `bash tests/run.sh`, \
+         which installs and starts it, or start one yourself and set {var}."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(with_database("mongodb://h:1", "x"), "mongodb://h:1/x");
+        assert_eq!(with_database("mongodb://h:1/", "x"), "mongodb://h:1/x");
+        assert_eq!(
+            with_database("mongodb://u:p@h:1/old?w=1", "x"),
+            "mongodb://u:p@h:1/x?w=1"
+        );
+        assert_ne!(unique_name("t"), unique_name("t"));
+    }
+}
