@@ -87,4 +87,11 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 log "cargo test (TEST_MONGODB_URL=$TEST_MONGODB_URL)"
-cargo test --workspace --locked "$@"
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$RUN_DIR/test.log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$RUN_DIR/test.log"
+exit "$status"

@@ -4,10 +4,14 @@
 //! crate holds what they have in common: environment configuration, logging, the JSON error body
 //! and extractors, Prometheus metrics, health endpoints, graceful shutdown and JWT handling.
 
+pub mod bus;
 pub mod config;
+pub mod directory;
+pub mod event;
 pub mod http;
 pub mod jwt;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testing;
+pub mod time;

@@ -1,0 +1,57 @@
+//! The chat-service error type: each failure maps to a status and a JSON `{"message"}`;
+//! internal details are logged, never returned.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use chat_common::{
+    directory::LookupError,
+    http::{error_response, with_retry_after},
+};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("Recipient not found")]
+    RecipientNotFound,
+    #[error("Service temporarily unavailable")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for ChatError {
+    fn from(e: StoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<LookupError> for ChatError {
+    fn from(e: LookupError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl IntoResponse for ChatError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::Validation(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RecipientNotFound => StatusCode::NOT_FOUND,
+            Self::Unavailable(reason) => {
+                tracing::warn!(%reason, "dependency unavailable");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        let response = error_response(status, &self.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            with_retry_after(response, 1)
+        } else {
+            response
+        }
+    }
+}

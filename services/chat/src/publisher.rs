@@ -1,0 +1,178 @@
+//! Publishing `new_message` events: to RabbitMQ's fanout exchange with publisher confirms, or to
+//! the in-process bus of the standalone stack.
+//!
+//! The AMQP publisher keeps one channel in confirm mode. Concurrent sends publish on it without
+//! waiting for each other and each awaits its own confirm, so confirms overlap. A supervisor task
+//! owns the connection: it reconnects with backoff whenever the connection drops (lapin's own
+//! recovery is not used), and sends made while it is down fail fast.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use chat_common::bus::{self, Backoff, LocalBus, Payload};
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+use tokio::sync::Notify;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error("broker refused the event")]
+    Nacked,
+    #[error("no confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+#[async_trait]
+pub trait EventPublisher: Send + Sync + 'static {
+    /// Publishes one event; returns once the broker confirmed it.
+    async fn publish(&self, payload: Payload) -> Result<(), PublishError>;
+    /// `Ok` when events can be published now (for `/readyz`).
+    fn ready(&self) -> Result<(), String>;
+}
+
+/// The standalone stack's publisher: the in-process broadcast.
+pub struct LocalPublisher(pub LocalBus);
+
+#[async_trait]
+impl EventPublisher for LocalPublisher {
+    async fn publish(&self, payload: Payload) -> Result<(), PublishError> {
+        self.0.publish(payload);
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Publisher to RabbitMQ's fanout exchange.
+pub struct AmqpPublisher {
+    channel: RwLock<Option<Channel>>,
+    exchange: String,
+    confirm_timeout: Duration,
+    broken: Notify,
+}
+
+impl AmqpPublisher {
+    /// Starts the connection supervisor; the publisher is usable at once (sends fail fast until
+    /// the first connection is up).
+    pub fn start(url: String, exchange: String, confirm_timeout: Duration) -> Arc<Self> {
+        let this = Arc::new(Self {
+            channel: RwLock::new(None),
+            exchange,
+            confirm_timeout,
+            broken: Notify::new(),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&this), url));
+        this
+    }
+
+    fn current(&self) -> Option<Channel> {
+        self.channel
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, channel: Option<Channel>) {
+        *self
+            .channel
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = channel;
+    }
+}
+
+async fn open(url: &str, exchange: &str) -> lapin::Result<(lapin::Connection, Channel)> {
+    let connection = bus::connect(url, "chat-service").await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    bus::declare_exchange(&channel, exchange).await?;
+    Ok((connection, channel))
+}
+
+/// Keeps a confirm-mode channel open while the publisher lives.
+async fn supervise(publisher: std::sync::Weak<AmqpPublisher>, url: String) {
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(this) = publisher.upgrade() else {
+            return;
+        };
+        match open(&url, &this.exchange).await {
+            Ok((connection, channel)) => {
+                tracing::info!(exchange = %this.exchange, "publisher connected to RabbitMQ");
+                backoff.reset();
+                this.set(Some(channel.clone()));
+                // Watch until the connection or channel breaks, or a publish reports trouble.
+                loop {
+                    tokio::select! {
+                        () = this.broken.notified() => {},
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {},
+                    }
+                    if !connection.status().connected() || !channel.status().connected() {
+                        break;
+                    }
+                }
+                this.set(None);
+                tracing::warn!("publisher lost its RabbitMQ connection; reconnecting");
+                let _ = connection.close(200, "reconnecting".into()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect the publisher to RabbitMQ");
+            }
+        }
+        drop(this);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+#[async_trait]
+impl EventPublisher for AmqpPublisher {
+    async fn publish(&self, payload: Payload) -> Result<(), PublishError> {
+        let channel = self.current().ok_or(PublishError::NotConnected)?;
+        let attempt = async {
+            let confirm = channel
+                .basic_publish(
+                    self.exchange.clone().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    BasicProperties::default().with_content_type("application/json".into()),
+                )
+                .await?
+                .await?;
+            match confirm {
+                Confirmation::Nack(_) => Err(PublishError::Nacked),
+                _ => Ok(()),
+            }
+        };
+        let result = match tokio::time::timeout(self.confirm_timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
+        };
+        if matches!(
+            result,
+            Err(PublishError::Broker(_) | PublishError::Timeout(_))
+        ) {
+            self.broken.notify_one();
+        }
+        result
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        match self.current() {
+            Some(c) if c.status().connected() => Ok(()),
+            _ => Err("not connected to RabbitMQ".to_owned()),
+        }
+    }
+}

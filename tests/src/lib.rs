@@ -1,0 +1,396 @@
+//! Spawns the three services in-process on `127.0.0.1:0` against the real RabbitMQ and
+//! MongoDB-compatible servers (each stack with its own databases and its own exchange, so tests
+//! run in parallel), plus HTTP and WebSocket client helpers.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use auth_service::store::MongoUserStore;
+use chat_common::{config::Vars, testing};
+use chat_service::{publisher::AmqpPublisher, store::MongoMessageStore};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::{net::TcpStream, sync::oneshot};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, protocol::CloseFrame},
+};
+
+pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-012345";
+
+/// Stops a spawned service when dropped.
+pub struct Running {
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+fn vars(extra: &[(&str, String)]) -> Vars<Vec<(String, String)>> {
+    let mut v = vec![
+        ("JWT_SECRET".to_owned(), SECRET.to_owned()),
+        ("DB_TIMEOUT".to_owned(), "3s".to_owned()),
+    ];
+    v.extend(extra.iter().map(|(k, val)| ((*k).to_owned(), val.clone())));
+    Vars(v)
+}
+
+async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+pub async fn spawn_auth(database_url: &str) -> Running {
+    let config =
+        auth_service::Config::from_env(&vars(&[("DATABASE_URL", database_url.to_owned())]))
+            .unwrap();
+    let store = Arc::new(
+        MongoUserStore::connect(database_url, "e2e", config.db_timeout)
+            .await
+            .unwrap(),
+    );
+    store
+        .ensure_indexes()
+        .await
+        .unwrap_or_else(|e| panic!("MongoDB-compatible server unusable at {database_url}: {e}"));
+    let state = auth_service::AppState::new(&config, store).unwrap();
+    let (listener, addr) = listen().await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(auth_service::run(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    Running { addr, _stop: stop }
+}
+
+pub async fn spawn_chat(database_url: &str, auth: SocketAddr, exchange: &str) -> Running {
+    let config = chat_service::Config::from_env(&vars(&[
+        ("DATABASE_URL", database_url.to_owned()),
+        ("AUTH_SERVICE_URL", format!("http://{auth}")),
+        ("EXCHANGE_NAME", exchange.to_owned()),
+    ]))
+    .unwrap();
+    let store = Arc::new(
+        MongoMessageStore::connect(database_url, "e2e", config.db_timeout)
+            .await
+            .unwrap(),
+    );
+    store.ensure_indexes().await.unwrap();
+    let publisher = AmqpPublisher::start(
+        testing::rabbitmq_url(),
+        exchange.to_owned(),
+        config.publish_timeout,
+    );
+    let state = chat_service::AppState::new(&config, store, publisher).unwrap();
+    let (listener, addr) = listen().await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(chat_service::run(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    wait_ready(addr).await;
+    Running { addr, _stop: stop }
+}
+
+pub async fn spawn_ws(auth: SocketAddr, exchange: &str, extra: &[(&str, String)]) -> Running {
+    let mut all = vec![
+        ("AUTH_SERVICE_URL", format!("http://{auth}")),
+        ("EXCHANGE_NAME", exchange.to_owned()),
+    ];
+    all.extend(extra.iter().cloned());
+    let config = websocket_service::Config::from_env(&vars(&all)).unwrap();
+    let state = websocket_service::AppState::new(&config).unwrap();
+    state.start_consumer(websocket_service::EventSource::Amqp {
+        url: testing::rabbitmq_url(),
+        exchange: exchange.to_owned(),
+        prefetch: config.prefetch,
+    });
+    let (listener, addr) = listen().await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(websocket_service::run(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    wait_ready(addr).await;
+    Running { addr, _stop: stop }
+}
+
+/// Polls `/readyz` until 200 (at most 15 s).
+pub async fn wait_ready(addr: SocketAddr) {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} not ready within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// auth + chat + `replicas` websocket-services, with their own databases and exchange.
+pub struct Stack {
+    pub auth: Running,
+    pub chat: Running,
+    pub ws: Vec<Running>,
+    pub exchange: String,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    pub async fn start(replicas: usize) -> Self {
+        Self::start_with(replicas, &[]).await
+    }
+
+    pub async fn start_with(replicas: usize, ws_extra: &[(&str, String)]) -> Self {
+        let (auth_db, _) = testing::mongodb_url_with_fresh_database("e2e_auth");
+        let (chat_db, _) = testing::mongodb_url_with_fresh_database("e2e_chat");
+        let exchange = testing::unique_name("e2e_exchange");
+        let auth = spawn_auth(&auth_db).await;
+        let chat = spawn_chat(&chat_db, auth.addr, &exchange).await;
+        let mut ws = Vec::new();
+        for _ in 0..replicas {
+            ws.push(spawn_ws(auth.addr, &exchange, ws_extra).await);
+        }
+        Self {
+            auth,
+            chat,
+            ws,
+            exchange,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Registers and logs in `username`; returns (id, token).
+    pub async fn user(&self, username: &str) -> (String, String) {
+        let body = json!({ "username": username, "password": "password-123" });
+        let (s, reg) = self
+            .post(self.auth.addr, "/auth/register", None, &body)
+            .await;
+        assert_eq!(s, 201, "{reg}");
+        let (s, login) = self.post(self.auth.addr, "/auth/login", None, &body).await;
+        assert_eq!(s, 200, "{login}");
+        (
+            reg["id"].as_str().unwrap().to_owned(),
+            login["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn post(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
+        let mut req = self.http.post(format!("http://{addr}{path}")).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, token: &str, body: Vec<u8>) -> (u16, Value) {
+        let req = self
+            .http
+            .post(format!("http://{}{path}", self.chat.addr))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body);
+        read(req.send().await.unwrap()).await
+    }
+
+    pub async fn get(
+        &self,
+        addr: SocketAddr,
+        path_and_query: &str,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self.http.get(format!("http://{addr}{path_and_query}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    /// `POST /chat/send` as the token's user.
+    pub async fn send(&self, token: &str, recipient: &str, content: &str) -> (u16, Value) {
+        self.post(
+            self.chat.addr,
+            "/chat/send",
+            Some(token),
+            &json!({ "recipient": recipient, "content": content }),
+        )
+        .await
+    }
+
+    pub async fn history(&self, token: &str, query: &str) -> (u16, Value) {
+        self.get(
+            self.chat.addr,
+            &format!("/chat/history?{query}"),
+            Some(token),
+        )
+        .await
+    }
+
+    pub async fn metrics(&self, addr: SocketAddr) -> String {
+        self.http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Connects to websocket replica `replica` with `?token=`.
+    pub async fn connect(&self, replica: usize, token: &str) -> Client {
+        Client::connect(&format!("ws://{}/?token={token}", self.ws[replica].addr)).await
+    }
+}
+
+/// The integer value of the first sample of metric `name` (counters and gauges).
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+}
+
+/// Status and JSON body; an error status must come with a JSON `{"message"}`.
+pub async fn read(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
+    if status >= 400 {
+        assert!(
+            body["message"].is_string(),
+            "status {status}: no message in {body}"
+        );
+    }
+    (status, body)
+}
+
+/// A WebSocket client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub protocol: Option<String>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, response) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        Self { ws, protocol }
+    }
+
+    pub async fn connect_request(request: impl IntoClientRequest + Unpin) -> Self {
+        let (ws, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connect");
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        Self { ws, protocol }
+    }
+
+    /// The next JSON text frame within `wait`, or `None`.
+    pub async fn next_json(&mut self, wait: Duration) -> Option<Value> {
+        let text = self.next_text(wait).await?;
+        Some(serde_json::from_str(&text).expect("JSON frame"))
+    }
+
+    /// The next text frame within `wait`, or `None`.
+    pub async fn next_text(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match msg {
+                Ok(Message::Text(t)) => return Some(t.to_string()),
+                Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                Ok(other) => panic!("unexpected frame {other:?}"),
+                Err(e) => panic!("websocket error {e}"),
+            }
+        }
+    }
+
+    /// Waits for the close frame (skipping data frames) and returns its code and reason.
+    pub async fn closed(&mut self, wait: Duration) -> Option<(u16, String)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?
+            {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return Some((code.into(), reason.to_string()));
+                }
+                Some(Ok(Message::Close(None))) | None => return Some((1005, String::new())),
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return Some((1006, String::new())),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Publishes raw payloads straight to `exchange` (as chat-service would), confirmed.
+pub async fn publish_raw(exchange: &str, payloads: impl IntoIterator<Item = Vec<u8>>) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let conn = chat_common::bus::connect(&testing::rabbitmq_url(), "e2e-publisher")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    chat_common::bus::declare_exchange(&channel, exchange)
+        .await
+        .unwrap();
+    let mut confirms = Vec::new();
+    for p in payloads {
+        confirms.push(
+            channel
+                .basic_publish(
+                    exchange.to_owned().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &p,
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for c in confirms {
+        c.await.unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// A token for `id`/`username` expiring in `ttl_secs` (may be negative), signed with `key`.
+pub fn forge_token(id: &str, username: &str, ttl_secs: i64, key: &[u8]) -> String {
+    let now = i64::try_from(chat_common::jwt::now_secs()).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "id": id, "username": username, "iat": now, "exp": now + ttl_secs }),
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .unwrap()
+}

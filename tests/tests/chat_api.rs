@@ -1,0 +1,238 @@
+//! chat-service's API over real HTTP: authorization, validation and pagination.
+
+use e2e_tests::{SECRET, Stack, forge_token, metric};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_is_the_token_user() {
+    let stack = Stack::start(0).await;
+    let (id, ta) = stack.user("alice").await;
+    stack.user("bob").await;
+    let send = |token: Option<String>, body: serde_json::Value| {
+        let stack = &stack;
+        async move {
+            stack
+                .post(stack.chat.addr, "/chat/send", token.as_deref(), &body)
+                .await
+        }
+    };
+    let spoof = json!({ "sender": "bob", "recipient": "alice", "content": "it's me, bob" });
+    let (status, body) = send(Some(ta.clone()), spoof).await;
+    assert_eq!(status, 403, "{body}");
+    let ok = json!({ "recipient": "bob", "content": "hi" });
+    assert_eq!(send(None, ok.clone()).await.0, 401, "no token");
+    assert_eq!(send(Some("garbage".into()), ok.clone()).await.0, 401);
+    assert_eq!(
+        send(
+            Some(forge_token(&id, "alice", -3600, SECRET.as_bytes())),
+            ok.clone()
+        )
+        .await
+        .0,
+        401,
+        "expired"
+    );
+    assert_eq!(
+        send(
+            Some(forge_token(
+                &id,
+                "alice",
+                600,
+                b"another-key-another-key-another-key"
+            )),
+            ok.clone()
+        )
+        .await
+        .0,
+        401
+    );
+    let (status, body) = send(Some(ta.clone()), ok).await;
+    assert_eq!(
+        (status, body["data"]["sender"].as_str()),
+        (201, Some("alice"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sends_are_clear_4xx() {
+    let stack = Stack::start(0).await;
+    let (_, ta) = stack.user("alice").await;
+    stack.user("bob").await;
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "empty content",
+            br#"{"recipient":"bob","content":""}"#.to_vec(),
+            400,
+        ),
+        (
+            "blank content",
+            br#"{"recipient":"bob","content":"  \n\t "}"#.to_vec(),
+            400,
+        ),
+        (
+            "too long",
+            format!(r#"{{"recipient":"bob","content":"{}"}}"#, "é".repeat(4001)).into_bytes(),
+            400,
+        ),
+        ("missing recipient", br#"{"content":"hi"}"#.to_vec(), 400),
+        ("missing content", br#"{"recipient":"bob"}"#.to_vec(), 400),
+        (
+            "empty recipient",
+            br#"{"recipient":"","content":"hi"}"#.to_vec(),
+            400,
+        ),
+        (
+            "operator",
+            br#"{"recipient":{"$ne":null},"content":"hi"}"#.to_vec(),
+            400,
+        ),
+        (
+            "number",
+            br#"{"recipient":"bob","content":42}"#.to_vec(),
+            400,
+        ),
+        ("malformed", br#"{"recipient":"bob","#.to_vec(), 400),
+        (
+            "unknown recipient",
+            br#"{"recipient":"nobody","content":"hi"}"#.to_vec(),
+            404,
+        ),
+        (
+            "too large",
+            format!(
+                r#"{{"recipient":"bob","content":"{}"}}"#,
+                "x".repeat(70_000)
+            )
+            .into_bytes(),
+            413,
+        ),
+    ];
+    for (name, body, expected) in cases {
+        let (status, resp) = stack.post_raw("/chat/send", &ta, body).await;
+        assert_eq!(status, expected, "{name}: {resp}");
+    }
+    // Exactly 4000 characters is fine.
+    assert_eq!(stack.send(&ta, "bob", &"é".repeat(4000)).await.0, 201);
+    let text = stack.metrics(stack.chat.addr).await;
+    assert_eq!(metric(&text, "chat_messages_stored_total"), 1);
+    assert!(
+        text.contains(r#"chat_events_published_total{result="ok",service="chat"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_participants_read_a_conversation() {
+    let stack = Stack::start(0).await;
+    let (_, ta) = stack.user("alice").await;
+    let (_, tb) = stack.user("bob").await;
+    let (_, te) = stack.user("eve").await;
+    stack.send(&ta, "bob", "secret").await;
+    let (status, body) = stack.history(&te, "user1=alice&user2=bob").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = stack
+        .get(stack.chat.addr, "/chat/history?user1=alice&user2=bob", None)
+        .await;
+    assert_eq!(status, 401);
+    for q in ["user1=alice", "user2=bob", "", "user1=&user2=bob"] {
+        assert_eq!(stack.history(&ta, q).await.0, 400, "{q}");
+    }
+    // Either participant, in either order of the parameters.
+    for (t, q) in [
+        (&ta, "user1=alice&user2=bob"),
+        (&tb, "user1=alice&user2=bob"),
+        (&tb, "user1=bob&user2=alice"),
+    ] {
+        let (status, body) = stack.history(t, q).await;
+        assert_eq!(
+            (status, body["data"][0]["content"].as_str()),
+            (200, Some("secret"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_both_directions_oldest_first() {
+    let stack = Stack::start(0).await;
+    let (_, ta) = stack.user("alice").await;
+    let (_, tb) = stack.user("bob").await;
+    let (_, tc) = stack.user("carol").await;
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        let (t, to) = if i % 3 == 0 {
+            (&tb, "alice")
+        } else {
+            (&ta, "bob")
+        };
+        let (status, body) = stack.send(t, to, &format!("m{i}")).await;
+        assert_eq!(status, 201);
+        ids.push(body["data"]["_id"].as_str().unwrap().to_owned());
+        if i % 10 == 0 {
+            stack.send(&tc, "alice", "other conversation").await; // must never show up
+        }
+    }
+    let contents = |body: &serde_json::Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let expect = |r: std::ops::Range<usize>| r.map(|i| format!("m{i}")).collect::<Vec<_>>();
+
+    let (_, latest) = stack.history(&ta, "user1=alice&user2=bob").await;
+    assert_eq!(
+        contents(&latest),
+        expect(70..120),
+        "default page: the latest 50, oldest first"
+    );
+    let (_, page) = stack
+        .history(
+            &ta,
+            &format!("user1=alice&user2=bob&limit=30&before={}", ids[70]),
+        )
+        .await;
+    assert_eq!(contents(&page), expect(40..70));
+    let (_, page) = stack
+        .history(
+            &ta,
+            &format!("user1=alice&user2=bob&limit=200&before={}", ids[40]),
+        )
+        .await;
+    assert_eq!(contents(&page), expect(0..40));
+    let (_, page) = stack
+        .history(&tb, &format!("user1=bob&user2=alice&after={}", ids[100]))
+        .await;
+    assert_eq!(
+        contents(&page),
+        expect(101..120),
+        "catch-up after a message"
+    );
+    let (_, page) = stack
+        .history(
+            &tb,
+            &format!("user1=bob&user2=alice&limit=5&after={}", ids[10]),
+        )
+        .await;
+    assert_eq!(contents(&page), expect(11..16));
+    let (_, page) = stack
+        .history(&tb, &format!("user1=bob&user2=alice&after={}", ids[119]))
+        .await;
+    assert_eq!(contents(&page), Vec::<String>::new());
+
+    for q in [
+        "limit=0",
+        "limit=201",
+        "limit=-1",
+        "limit=ten",
+        "before=xyz",
+        "after=123",
+        "before=65b9f0c2a1b2c3d4e5f60718&after=65b9f0c2a1b2c3d4e5f60718",
+    ] {
+        let (status, body) = stack
+            .history(&ta, &format!("user1=alice&user2=bob&{q}"))
+            .await;
+        assert_eq!(status, 400, "{q}: {body}");
+    }
+}
