@@ -1,8 +1,12 @@
 //! Password hashing with argon2id, off the async runtime, with bounded concurrency and a bounded
 //! queue of waiting requests, so a login flood cannot starve the rest of the service.
+//!
+//! Hashes run on a fixed set of worker threads rather than tokio's blocking pool: each argon2
+//! call allocates `m` KiB (19 MiB), and the allocator keeps freed blocks per thread arena, so a
+//! pool that grows to many threads would keep hundreds of MiB resident after a burst.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicUsize, Ordering},
 };
 use std::time::Instant;
@@ -11,7 +15,33 @@ use argon2::{
     Algorithm, Argon2, Params, Version,
     password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Starts `n` threads that run jobs from one queue until its sender is dropped.
+fn start_workers(n: usize) -> std::io::Result<std::sync::mpsc::Sender<Job>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("argon2-{i}"))
+            .spawn(move || {
+                loop {
+                    let job = rx
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            })?;
+    }
+    Ok(tx)
+}
 
 /// argon2id cost parameters. The minimums are OWASP's (19 MiB, t=2, p=1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +88,7 @@ pub fn is_phc(stored: &str) -> bool {
 pub struct PasswordHasher {
     argon: Argon2<'static>,
     permits: Semaphore,
+    workers: Mutex<std::sync::mpsc::Sender<Job>>,
     /// Requests running or waiting for a permit.
     in_flight: AtomicUsize,
     /// Permits + allowed waiting requests.
@@ -111,6 +142,9 @@ impl PasswordHasher {
         Ok(Self {
             argon,
             permits: Semaphore::new(concurrency),
+            workers: Mutex::new(
+                start_workers(concurrency).map_err(|e| HashError::Internal(e.to_string()))?,
+            ),
             in_flight: AtomicUsize::new(0),
             capacity: concurrency + queue,
             dummy,
@@ -142,7 +176,15 @@ impl PasswordHasher {
             .map_err(|e| HashError::Internal(e.to_string()))?;
         let this = Arc::clone(self);
         let started = Instant::now();
-        let out = tokio::task::spawn_blocking(move || job(&this.argon, &this.dummy))
+        let (reply, answer) = oneshot::channel();
+        self.workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(Box::new(move || {
+                let _ = reply.send(job(&this.argon, &this.dummy));
+            }))
+            .map_err(|e| HashError::Internal(e.to_string()))?;
+        let out = answer
             .await
             .map_err(|e| HashError::Internal(e.to_string()))?;
         if let Some(m) = &self.metrics {
