@@ -61,6 +61,19 @@ pub async fn spawn_auth(database_url: &str) -> Running {
 }
 
 pub async fn spawn_chat(database_url: &str, auth: SocketAddr, exchange: &str) -> Running {
+    let running =
+        spawn_chat_with_broker(database_url, auth, exchange, &testing::rabbitmq_url()).await;
+    wait_ready(running.addr).await;
+    running
+}
+
+/// chat-service publishing to `rabbitmq_url` (which may be unreachable); not waited for.
+pub async fn spawn_chat_with_broker(
+    database_url: &str,
+    auth: SocketAddr,
+    exchange: &str,
+    rabbitmq_url: &str,
+) -> Running {
     let config = chat_service::Config::from_env(&vars(&[
         ("DATABASE_URL", database_url.to_owned()),
         ("AUTH_SERVICE_URL", format!("http://{auth}")),
@@ -74,7 +87,7 @@ pub async fn spawn_chat(database_url: &str, auth: SocketAddr, exchange: &str) ->
     );
     store.ensure_indexes().await.unwrap();
     let publisher = AmqpPublisher::start(
-        testing::rabbitmq_url(),
+        rabbitmq_url.to_owned(),
         exchange.to_owned(),
         config.publish_timeout,
     );
@@ -84,7 +97,6 @@ pub async fn spawn_chat(database_url: &str, auth: SocketAddr, exchange: &str) ->
     tokio::spawn(chat_service::run(listener, state, async move {
         let _ = stopped.await;
     }));
-    wait_ready(addr).await;
     Running { addr, _stop: stop }
 }
 

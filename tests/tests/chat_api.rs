@@ -236,3 +236,84 @@ async fn history_pages_both_directions_oldest_first() {
         assert_eq!(status, 400, "{q}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_succeed_while_the_broker_is_unreachable() {
+    let stack = Stack::start(0).await;
+    let (_, ta) = stack.user("alice").await;
+    let (_, tb) = stack.user("bob").await;
+    let (chat_db, _) = chat_common::testing::mongodb_url_with_fresh_database("e2e_chat_nobroker");
+    // Nothing listens on port 1: the publisher can never connect.
+    let chat = e2e_tests::spawn_chat_with_broker(
+        &chat_db,
+        stack.auth.addr,
+        &stack.exchange,
+        "amqp://127.0.0.1:1/%2f",
+    )
+    .await;
+    let send = |content: &'static str| {
+        let stack = &stack;
+        let ta = ta.clone();
+        async move {
+            stack
+                .post(
+                    chat.addr,
+                    "/chat/send",
+                    Some(&ta),
+                    &json!({ "recipient": "bob", "content": content }),
+                )
+                .await
+        }
+    };
+    for content in ["one", "two", "three"] {
+        let (status, body) = send(content).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = stack.get(chat.addr, "/readyz", None).await;
+    assert_eq!(
+        (status, body["checks"]["broker"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    let text = stack.metrics(chat.addr).await;
+    assert!(
+        text.contains(r#"chat_events_published_total{result="failed",service="chat"} 3"#),
+        "{text}"
+    );
+    let (status, history) = stack
+        .get(chat.addr, "/chat/history?user1=alice&user2=bob", Some(&tb))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        history["data"].as_array().unwrap().len(),
+        3,
+        "acknowledged messages are kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_are_all_confirmed_and_delivered() {
+    let stack = Stack::start(1).await;
+    let (_, ta) = stack.user("alice").await;
+    let (_, tb) = stack.user("bob").await;
+    let mut bob = stack.connect(0, &tb).await;
+    let sends = (0..50).map(|i| {
+        let (stack, ta) = (&stack, &ta);
+        async move { stack.send(ta, "bob", &format!("concurrent {i}")).await.0 }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 50 {
+        let frame = bob
+            .next_json(std::time::Duration::from_secs(5))
+            .await
+            .expect("all 50 delivered");
+        seen.insert(frame["content"].as_str().unwrap().to_owned());
+    }
+    let text = stack.metrics(stack.chat.addr).await;
+    assert!(
+        text.contains(r#"chat_events_published_total{result="ok",service="chat"} 50"#),
+        "{text}"
+    );
+}
