@@ -133,23 +133,14 @@ impl AppState {
         http_metrics.register(metrics.messages.clone());
         http_metrics.register(metrics.published.clone());
         http_metrics.register(metrics.publish_seconds.clone());
-        let lookups = metrics::counter_vec(
-            "chat_user_lookups_total",
-            "Recipient lookups by result (hit: from cache).",
-            &["result"],
-        );
-        http_metrics.register(lookups.clone());
-        let credential = config.jwt.service_credential("chat").ok_or_else(|| {
-            anyhow::anyhow!(
-                "chat-service needs JWT_SECRET or INTERNAL_API_TOKEN to call auth-service"
-            )
-        })?;
-        let directory = UserDirectory::new(
+        let directory = UserDirectory::for_service(
+            "chat-service",
+            "chat",
+            &config.jwt,
             &config.auth_service_url,
-            credential,
             DirectoryConfig::default(),
-        )?
-        .with_metrics(lookups);
+            &http_metrics,
+        )?;
         Ok(Self {
             store,
             publisher,

@@ -1,9 +1,6 @@
 use std::{process::ExitCode, sync::Arc};
 
-use chat_common::{
-    bus::LocalBus,
-    config::{Env, Vars},
-};
+use chat_common::bus::LocalBus;
 use chat_service::{
     AppState, Config,
     publisher::{AmqpPublisher, EventPublisher, LocalPublisher},
@@ -12,29 +9,13 @@ use chat_service::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    chat_common::telemetry::init();
-    if std::env::args()
-        .nth(1)
-        .is_some_and(|a| a == "--help" || a == "-h")
-    {
-        println!(
-            "chat-service: configured by environment variables (PORT, DATABASE_URL, RABBITMQ_URL, JWT_SECRET, AUTH_SERVICE_URL, ...; see the README)"
-        );
-        return ExitCode::SUCCESS;
-    }
-    let config = match Config::from_env(&Vars(Env)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("chat-service: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = run(config).await {
-        tracing::error!("{e:#}");
-        eprintln!("chat-service: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    chat_common::cli::main(
+        "chat-service",
+        "configured by environment variables (PORT, DATABASE_URL, RABBITMQ_URL, JWT_SECRET, AUTH_SERVICE_URL, ...; see the README)",
+        Config::from_env,
+        run,
+    )
+    .await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -81,6 +81,28 @@ impl UserDirectory {
         })
     }
 
+    /// The directory a service uses: its credential from `jwt` (a minted service token, or
+    /// `INTERNAL_API_TOKEN`), and `<prefix>_user_lookups_total{result}` registered in `metrics`.
+    pub fn for_service(
+        service: &str,
+        prefix: &str,
+        jwt: &crate::jwt::JwtSettings,
+        auth_base_url: &str,
+        config: DirectoryConfig,
+        metrics: &crate::metrics::HttpMetrics,
+    ) -> anyhow::Result<Self> {
+        let credential = jwt.service_credential(service).ok_or_else(|| {
+            anyhow::anyhow!("{service} needs JWT_SECRET or INTERNAL_API_TOKEN to call auth-service")
+        })?;
+        let lookups = crate::metrics::counter_vec(
+            &format!("{prefix}_user_lookups_total"),
+            "Username lookups by result (hit: from cache, miss: asked auth-service, error).",
+            &["result"],
+        );
+        metrics.register(lookups.clone());
+        Ok(Self::new(auth_base_url, credential, config)?.with_metrics(lookups))
+    }
+
     /// Counts lookups by `result` (`hit`, `miss`, `error`) in `counter`.
     #[must_use]
     pub fn with_metrics(mut self, counter: IntCounterVec) -> Self {

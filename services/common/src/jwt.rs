@@ -442,6 +442,19 @@ fn rejection_for(e: &TokenError) -> ApiRejection {
     }
 }
 
+/// The verified bearer token of a request, as `T` (`TokenVerifier::verify` or `verify_user`).
+fn from_bearer<S, T>(
+    parts: &Parts,
+    state: &S,
+    verify: impl FnOnce(&TokenVerifier, &str) -> Result<T, TokenError>,
+) -> Result<T, ApiRejection>
+where
+    Arc<TokenVerifier>: FromRef<S>,
+{
+    let token = bearer_token(&parts.headers).ok_or_else(|| unauthorized("No token provided"))?;
+    verify(&Arc::<TokenVerifier>::from_ref(state), token).map_err(|e| rejection_for(&e))
+}
+
 /// Extractor: the end user named by a valid `Authorization: Bearer` token, or a JSON 401.
 #[derive(Debug, Clone)]
 pub struct AuthUser(pub User);
@@ -454,13 +467,7 @@ where
     type Rejection = ApiRejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token =
-            bearer_token(&parts.headers).ok_or_else(|| unauthorized("No token provided"))?;
-        let verifier = Arc::<TokenVerifier>::from_ref(state);
-        verifier
-            .verify_user(token)
-            .map(AuthUser)
-            .map_err(|e| rejection_for(&e))
+        from_bearer(parts, state, TokenVerifier::verify_user).map(AuthUser)
     }
 }
 
@@ -476,13 +483,7 @@ where
     type Rejection = ApiRejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token =
-            bearer_token(&parts.headers).ok_or_else(|| unauthorized("No token provided"))?;
-        let verifier = Arc::<TokenVerifier>::from_ref(state);
-        verifier
-            .verify(token)
-            .map(Caller)
-            .map_err(|e| rejection_for(&e))
+        from_bearer(parts, state, TokenVerifier::verify).map(Caller)
     }
 }
 

@@ -5,12 +5,14 @@
 //! and extractors, Prometheus metrics, health endpoints, graceful shutdown and JWT handling.
 
 pub mod bus;
+pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod event;
 pub mod http;
 pub mod jwt;
 pub mod metrics;
+pub mod mongo;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testing;

@@ -159,19 +159,14 @@ impl AppState {
         http_metrics.register(metrics.slow_dropped.clone());
         http_metrics.register(metrics.events.clone());
         http_metrics.register(metrics.latency.clone());
-        let lookups = metrics::counter_vec(
-            "ws_user_lookups_total",
-            "Username lookups by result (hit: from cache, miss: asked auth-service).",
-            &["result"],
-        );
-        http_metrics.register(lookups.clone());
-        let credential = config.jwt.service_credential("websocket").ok_or_else(|| {
-            anyhow::anyhow!(
-                "websocket-service needs JWT_SECRET or INTERNAL_API_TOKEN to call auth-service"
-            )
-        })?;
-        let directory = UserDirectory::new(&config.auth_service_url, credential, config.directory)?
-            .with_metrics(lookups);
+        let directory = UserDirectory::for_service(
+            "websocket-service",
+            "ws",
+            &config.jwt,
+            &config.auth_service_url,
+            config.directory,
+            &http_metrics,
+        )?;
         let (stop, shutdown) = watch::channel(false);
         Ok(Self {
             hub: Arc::new(Hub::new(directory, metrics, config.socket.queue)),

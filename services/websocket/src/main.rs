@@ -1,36 +1,17 @@
 use std::process::ExitCode;
 
-use chat_common::{
-    bus::LocalBus,
-    config::{Env, Vars},
-};
+use chat_common::bus::LocalBus;
 use websocket_service::{AppState, Config, EventSource};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    chat_common::telemetry::init();
-    if std::env::args()
-        .nth(1)
-        .is_some_and(|a| a == "--help" || a == "-h")
-    {
-        println!(
-            "websocket-service: configured by environment variables (PORT, RABBITMQ_URL, JWT_SECRET, AUTH_SERVICE_URL, ...; see the README)"
-        );
-        return ExitCode::SUCCESS;
-    }
-    let config = match Config::from_env(&Vars(Env)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("websocket-service: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = run(config).await {
-        tracing::error!("{e:#}");
-        eprintln!("websocket-service: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    chat_common::cli::main(
+        "websocket-service",
+        "configured by environment variables (PORT, RABBITMQ_URL, JWT_SECRET, AUTH_SERVICE_URL, ...; see the README)",
+        Config::from_env,
+        run,
+    )
+    .await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

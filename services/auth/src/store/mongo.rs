@@ -8,17 +8,15 @@ use std::{
 };
 
 use async_trait::async_trait;
+use chat_common::mongo;
 use mongodb::{
-    Client, Collection, Database, IndexModel,
+    Collection, Database, IndexModel,
     bson::{doc, oid::ObjectId},
-    error::{ErrorKind, WriteFailure},
-    options::{ClientOptions, IndexOptions},
+    options::IndexOptions,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{StoreError, UserRecord, UserStore};
-
-const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct UserDoc {
@@ -49,17 +47,7 @@ pub struct MongoUserStore {
 impl MongoUserStore {
     /// Connects lazily (the driver connects on first use) to the database named in `url`'s path.
     pub async fn connect(url: &str, app_name: &str, op_timeout: Duration) -> anyhow::Result<Self> {
-        let mut options = ClientOptions::parse(url)
-            .await
-            .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a MongoDB URL: {e}"))?;
-        let db_name = options.default_database.clone().ok_or_else(|| {
-            anyhow::anyhow!("DATABASE_URL must name the database, e.g. mongodb://db:27017/auth")
-        })?;
-        options.app_name = Some(app_name.to_owned());
-        options.server_selection_timeout.get_or_insert(op_timeout);
-        options.connect_timeout.get_or_insert(op_timeout);
-        let client = Client::with_options(options)?;
-        let db = client.database(&db_name);
+        let db = mongo::connect(url, app_name, op_timeout, "mongodb://db:27017/auth").await?;
         Ok(Self {
             users: db.collection("users"),
             db,
@@ -87,43 +75,19 @@ impl MongoUserStore {
 
     /// Retries [`Self::ensure_indexes`] with backoff until it succeeds.
     pub async fn ensure_indexes_with_retry(&self) {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match self.ensure_indexes().await {
-                Ok(()) => {
-                    tracing::info!("users indexes ready");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "cannot create users indexes yet");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+        mongo::retry_until_ok("creating the users indexes", || self.ensure_indexes()).await;
     }
 
     async fn timed<T>(
         &self,
-        fut: impl IntoFuture<Output = mongodb::error::Result<T>>,
+        call: impl IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.op_timeout, fut.into_future()).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if is_duplicate(&e) => Err(StoreError::Duplicate),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {:?}",
-                self.op_timeout
-            ))),
-        }
-    }
-}
-
-fn is_duplicate(e: &mongodb::error::Error) -> bool {
-    match e.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
-        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
-        _ => false,
+        mongo::timed(self.op_timeout, call)
+            .await
+            .map_err(|e| match e {
+                mongo::CallError::DuplicateKey => StoreError::Duplicate,
+                mongo::CallError::Unavailable(reason) => StoreError::Unavailable(reason),
+            })
     }
 }
 

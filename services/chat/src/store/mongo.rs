@@ -8,10 +8,11 @@
 use std::{future::IntoFuture, time::Duration};
 
 use async_trait::async_trait;
+use chat_common::mongo;
 use mongodb::{
-    Client, Collection, Database, IndexModel,
+    Collection, Database, IndexModel,
     bson::{DateTime, Document, doc, oid::ObjectId},
-    options::{ClientOptions, IndexOptions},
+    options::IndexOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,16 +48,7 @@ pub struct MongoMessageStore {
 
 impl MongoMessageStore {
     pub async fn connect(url: &str, app_name: &str, op_timeout: Duration) -> anyhow::Result<Self> {
-        let mut options = ClientOptions::parse(url)
-            .await
-            .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a MongoDB URL: {e}"))?;
-        let db_name = options.default_database.clone().ok_or_else(|| {
-            anyhow::anyhow!("DATABASE_URL must name the database, e.g. mongodb://db:27017/chat")
-        })?;
-        options.app_name = Some(app_name.to_owned());
-        options.server_selection_timeout.get_or_insert(op_timeout);
-        options.connect_timeout.get_or_insert(op_timeout);
-        let db = Client::with_options(options)?.database(&db_name);
+        let db = mongo::connect(url, app_name, op_timeout, "mongodb://db:27017/chat").await?;
         Ok(Self {
             messages: db.collection("messages"),
             db,
@@ -80,27 +72,16 @@ impl MongoMessageStore {
 
     /// Retries [`Self::ensure_indexes`] with backoff until it succeeds.
     pub async fn ensure_indexes_with_retry(&self) {
-        let mut backoff = chat_common::bus::Backoff::default();
-        while let Err(e) = self.ensure_indexes().await {
-            let delay = backoff.next_delay();
-            tracing::warn!(error = %e, retry_in = ?delay, "cannot create messages indexes yet");
-            tokio::time::sleep(delay).await;
-        }
-        tracing::info!("messages indexes ready");
+        mongo::retry_until_ok("creating the messages indexes", || self.ensure_indexes()).await;
     }
 
     async fn timed<T>(
         &self,
-        fut: impl IntoFuture<Output = mongodb::error::Result<T>>,
+        call: impl IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.op_timeout, fut.into_future()).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {:?}",
-                self.op_timeout
-            ))),
-        }
+        mongo::timed(self.op_timeout, call)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     async fn direction(
