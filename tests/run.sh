@@ -35,7 +35,7 @@ MONGO_PID=""
 cleanup() {
   local status=$?
   if [ -n "$MONGO_PID" ]; then kill "$MONGO_PID" 2>/dev/null || true; wait "$MONGO_PID" 2>/dev/null || true; fi
-  if [ "$STARTED_RABBITMQ" = 1 ]; then log "stopping the RabbitMQ we started"; rabbitmqctl stop >/dev/null 2>&1 || true; fi
+  if [ "$STARTED_RABBITMQ" = 1 ]; then log "stopping the RabbitMQ we started"; as_root rabbitmqctl stop >/dev/null 2>&1 || true; fi
   rm -rf "$RUN_DIR"
   exit "$status"
 }

@@ -6,7 +6,9 @@ use chat_common::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{AppState, AuthError};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{AppState, AuthError, store::UserRecord};
 
 /// `POST /auth/register` and `POST /auth/login` bodies. A JSON object or array where a string
 /// belongs (`{"$ne": null}`) fails deserialisation: a 400, never a query operator.
@@ -128,32 +130,45 @@ async fn login_inner(state: &AppState, body: Credentials) -> Result<String, Auth
     }
     state
         .throttle
-        .check(&username)
+        .begin(&username)
         .map_err(AuthError::TooManyAttempts)?;
-    let user = state.store.find_by_username(&username).await?;
-    let stored = user.as_ref().map(|u| u.password.clone());
-    if let Some(s) = &stored
-        && !s.starts_with("$argon2")
-    {
-        tracing::warn!(
-            "login for an account whose password is not hashed yet; run `auth-service migrate-passwords`"
-        );
-    }
-    let ok = state.hasher.verify(password, stored).await?;
-    match user {
-        Some(user) if ok => {
-            state.throttle.record_success(&username);
+    let verified = verify(state, &username, password).await;
+    match verified {
+        Ok(Some(user)) => {
+            state.throttle.succeeded(&username);
             state
                 .issuer
                 .issue_user(&user.id, &user.username)
                 .map_err(|e| AuthError::Internal(e.to_string()))
         }
-        _ => {
-            // Unknown accounts are throttled too, so lockouts reveal nothing about existence.
-            state.throttle.record_failure(&username);
-            Err(AuthError::InvalidCredentials)
+        // Unknown accounts count too, so lockouts reveal nothing about existence.
+        Ok(None) => Err(AuthError::InvalidCredentials),
+        Err(e) => {
+            state.throttle.refund(&username);
+            Err(e)
         }
     }
+}
+
+/// The user, if `password` is theirs; `None` for a wrong password or an unknown user (both
+/// after one argon2 verification).
+async fn verify(
+    state: &AppState,
+    username: &str,
+    password: String,
+) -> Result<Option<UserRecord>, AuthError> {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let user = state.store.find_by_username(username).await?;
+    let stored = user.as_ref().map(|u| u.password.clone());
+    if stored.as_deref().is_some_and(|s| !s.starts_with("$argon2"))
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            "an account still has a plaintext password; run `auth-service migrate-passwords`"
+        );
+    }
+    let ok = state.hasher.verify(password, stored).await?;
+    Ok(user.filter(|_| ok))
 }
 
 /// `GET /auth/user-by-username?username=`: for a signed-in user or one of our services.

@@ -16,7 +16,7 @@ use argon2::{
     Algorithm, Argon2, Block, Params, Version,
     password_hash::phc::{Output, ParamsString, PasswordHash, Salt},
 };
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 /// Work for a hashing thread, given that thread's reusable memory.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
@@ -155,11 +155,12 @@ pub fn is_phc(stored: &str) -> bool {
 
 pub struct PasswordHasher {
     params: Params,
-    permits: Semaphore,
+    /// Jobs for the `concurrency` hashing threads; waiting jobs are the queue.
     workers: Mutex<std::sync::mpsc::Sender<Job>>,
-    /// Requests running or waiting for a permit.
-    in_flight: AtomicUsize,
-    /// Permits + allowed waiting requests.
+    /// Jobs queued or running. Released by the worker when the job ends, not by the request:
+    /// a client that disconnects still holds its place until a worker has skipped its job.
+    in_flight: Arc<AtomicUsize>,
+    /// Threads + allowed waiting jobs.
     capacity: usize,
     /// A hash of a random password, verified against when the user does not exist (or has a
     /// legacy plaintext password) so that every failure costs the same.
@@ -175,13 +176,17 @@ pub struct HashMetrics {
     pub rejected: prometheus::IntCounter,
 }
 
-struct InFlight<'a>(&'a PasswordHasher);
+/// A place in the queue, given back when dropped.
+struct Ticket {
+    in_flight: Arc<AtomicUsize>,
+    gauge: Option<prometheus::IntGauge>,
+}
 
-impl Drop for InFlight<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
-        let now = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
-        if let Some(m) = &self.0.metrics {
-            m.in_flight.set(i64::try_from(now).unwrap_or(i64::MAX));
+        let now = self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        if let Some(g) = &self.gauge {
+            g.set(i64::try_from(now).unwrap_or(i64::MAX));
         }
     }
 }
@@ -207,25 +212,27 @@ impl PasswordHasher {
         let concurrency = concurrency.max(1);
         Ok(Self {
             params,
-            permits: Semaphore::new(concurrency),
             workers: Mutex::new(start_workers(concurrency).map_err(internal)?),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             capacity: concurrency + queue,
             dummy,
             metrics,
         })
     }
 
+    /// Queues `job` for a hashing thread, or refuses at once when the queue is full.
     async fn run<T, F>(&self, job: F) -> Result<T, HashError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     {
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _guard = InFlight(self);
-        if let Some(m) = &self.metrics {
-            m.in_flight
-                .set(i64::try_from(before + 1).unwrap_or(i64::MAX));
+        let ticket = Ticket {
+            in_flight: self.in_flight.clone(),
+            gauge: self.metrics.as_ref().map(|m| m.in_flight.clone()),
+        };
+        if let Some(g) = &ticket.gauge {
+            g.set(i64::try_from(before + 1).unwrap_or(i64::MAX));
         }
         if before >= self.capacity {
             if let Some(m) = &self.metrics {
@@ -233,21 +240,25 @@ impl PasswordHasher {
             }
             return Err(HashError::Busy);
         }
-        let _permit = self.permits.acquire().await.map_err(internal)?;
-        let started = Instant::now();
+        let duration = self.metrics.as_ref().map(|m| m.duration.clone());
         let (reply, answer) = oneshot::channel();
         self.workers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .send(Box::new(move |memory: &mut Vec<Block>| {
-                let _ = reply.send(job(memory));
+                if reply.is_closed() {
+                    return; // The request is gone (client left, timeout): skip the work.
+                }
+                let started = Instant::now();
+                let out = job(memory);
+                if let Some(h) = duration {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
+                drop(ticket);
+                let _ = reply.send(out);
             }))
             .map_err(internal)?;
-        let out = answer.await.map_err(internal)?;
-        if let Some(m) = &self.metrics {
-            m.duration.observe(started.elapsed().as_secs_f64());
-        }
-        Ok(out)
+        answer.await.map_err(internal)
     }
 
     /// Hashes a password into a PHC string (`$argon2id$v=19$m=...`).
@@ -285,6 +296,7 @@ impl PasswordHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
@@ -332,6 +344,35 @@ mod tests {
                 .verify_password(b"s3cret-pass", &parsed)
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn abandoned_requests_keep_their_place_until_skipped() {
+        let metrics = HashMetrics {
+            duration: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("d", "d"))
+                .unwrap(),
+            in_flight: prometheus::IntGauge::new("f", "f").unwrap(),
+            rejected: prometheus::IntCounter::new("r", "r").unwrap(),
+        };
+        let h = Arc::new(
+            PasswordHasher::new(HashParams::default(), 1, 1, Some(metrics.clone())).unwrap(),
+        );
+        let running = tokio::spawn({
+            let h = h.clone();
+            async move { h.hash("first".into()).await }
+        });
+        tokio::task::yield_now().await;
+        // Queued behind the first, then abandoned (as by a client that disconnects).
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(1), h.hash("second".into())).await;
+        assert!(abandoned.is_err());
+        // Its place is still taken: the queue (1 running + 1 waiting) is full.
+        assert!(matches!(h.hash("third".into()).await, Err(HashError::Busy)));
+        running.await.unwrap().unwrap();
+        assert!(h.hash("fourth".into()).await.is_ok());
+        // The abandoned job was skipped, not computed: two hashes were timed.
+        assert_eq!(metrics.duration.get_sample_count(), 2);
+        assert_eq!(metrics.rejected.get(), 1);
     }
 
     #[tokio::test]

@@ -39,27 +39,13 @@ impl LoginThrottle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `Err(wait)` when the account is locked out for `wait` more.
-    pub fn check(&self, username: &str) -> Result<(), Duration> {
+    /// Counts a login attempt for `username` before its password is checked (so parallel
+    /// attempts cannot slip past the limit); `Err(wait)` when the account is locked out for
+    /// `wait` more. A successful login then clears the count ([`Self::succeeded`]); an attempt
+    /// that could not be checked (server busy) is given back ([`Self::refund`]).
+    pub fn begin(&self, username: &str) -> Result<(), Duration> {
         if self.max_failures == 0 {
             return Ok(());
-        }
-        let now = Instant::now();
-        let accounts = self.lock();
-        match accounts.get(username) {
-            Some(w) if w.failures >= self.max_failures => {
-                match self.window.checked_sub(now.duration_since(w.started)) {
-                    Some(wait) if !wait.is_zero() => Err(wait),
-                    _ => Ok(()),
-                }
-            }
-            _ => Ok(()),
-        }
-    }
-
-    pub fn record_failure(&self, username: &str) {
-        if self.max_failures == 0 {
-            return;
         }
         let now = Instant::now();
         let mut accounts = self.lock();
@@ -77,11 +63,25 @@ impl LoginThrottle {
                 failures: 0,
             };
         }
+        if entry.failures >= self.max_failures {
+            let wait = self
+                .window
+                .saturating_sub(now.duration_since(entry.started))
+                .max(Duration::from_millis(1));
+            return Err(wait);
+        }
         entry.failures += 1;
+        Ok(())
     }
 
-    pub fn record_success(&self, username: &str) {
+    pub fn succeeded(&self, username: &str) {
         self.lock().remove(username);
+    }
+
+    pub fn refund(&self, username: &str) {
+        if let Some(w) = self.lock().get_mut(username) {
+            w.failures = w.failures.saturating_sub(1);
+        }
     }
 }
 
@@ -90,27 +90,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn locks_after_max_failures_and_unlocks_after_window() {
+    fn locks_after_max_attempts_and_unlocks_after_window() {
         let t = LoginThrottle::new(3, Duration::from_millis(200));
         for _ in 0..3 {
-            assert!(t.check("alice").is_ok());
-            t.record_failure("alice");
+            assert!(t.begin("alice").is_ok());
         }
-        let wait = t.check("alice").unwrap_err();
+        let wait = t.begin("alice").unwrap_err();
         assert!(wait <= Duration::from_millis(200));
-        assert!(t.check("bob").is_ok(), "other accounts are not affected");
+        assert!(t.begin("bob").is_ok(), "other accounts are not affected");
         std::thread::sleep(Duration::from_millis(220));
-        assert!(t.check("alice").is_ok());
-        t.record_failure("alice");
-        assert!(t.check("alice").is_ok(), "a new window starts from zero");
+        assert!(t.begin("alice").is_ok(), "a new window starts from zero");
     }
 
     #[test]
-    fn success_clears_failures() {
+    fn success_clears_and_refund_gives_back() {
         let t = LoginThrottle::new(2, Duration::from_secs(60));
-        t.record_failure("alice");
-        t.record_success("alice");
-        t.record_failure("alice");
-        assert!(t.check("alice").is_ok());
+        assert!(t.begin("alice").is_ok());
+        t.succeeded("alice");
+        assert!(t.begin("alice").is_ok());
+        t.refund("alice");
+        assert!(t.begin("alice").is_ok());
+        assert!(t.begin("alice").is_ok());
+        assert!(t.begin("alice").is_err());
     }
 }

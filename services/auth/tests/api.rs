@@ -303,6 +303,17 @@ async fn failed_logins_are_throttled_per_account() {
         200,
         "other accounts unaffected"
     );
+    // Parallel guesses cannot slip past the limit: attempts are counted before checking.
+    let guesses = (0..12).map(|i| {
+        let app = &app;
+        async move { app.login("hank", &format!("guess-{i:04}")).await.0 }
+    });
+    let mut statuses = futures_util::future::join_all(guesses).await;
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [[401; 3].as_slice(), [429; 9].as_slice()].concat()
+    );
 }
 
 #[tokio::test]

@@ -57,15 +57,13 @@ impl Config {
         Ok(Self {
             port: vars.parse_or("PORT", 5002)?,
             database_url: vars.string("DATABASE_URL"),
-            rabbitmq_url: vars.string("RABBITMQ_URL"),
+            rabbitmq_url: vars.amqp_url("RABBITMQ_URL")?,
             jwt: JwtSettings::from_env(vars)?,
-            auth_service_url: vars
-                .string("AUTH_SERVICE_URL")
-                .unwrap_or_else(|| "http://localhost:5001".to_owned()),
+            auth_service_url: vars.http_url_or("AUTH_SERVICE_URL", "http://localhost:5001")?,
             exchange: vars
                 .string("EXCHANGE_NAME")
                 .unwrap_or_else(|| chat_common::bus::DEFAULT_EXCHANGE.to_owned()),
-            max_message_chars: vars.parse_or("MAX_MESSAGE_CHARS", 4000)?,
+            max_message_chars: vars.positive_or("MAX_MESSAGE_CHARS", 4000)?,
             publish_timeout: vars.duration_or("PUBLISH_TIMEOUT", Duration::from_secs(5))?,
             db_timeout: vars.duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
             dev_mode: vars.dev_mode()?,

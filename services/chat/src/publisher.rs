@@ -7,7 +7,10 @@
 //! recovery is not used), and sends made while it is down fail fast.
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -17,7 +20,6 @@ use lapin::{
     BasicProperties, Channel, Confirmation,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
-use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -59,7 +61,8 @@ pub struct AmqpPublisher {
     channel: RwLock<Option<Channel>>,
     exchange: String,
     confirm_timeout: Duration,
-    broken: Notify,
+    /// Set by a publish that hit a broker error or timeout: reconnect now.
+    broken: AtomicBool,
 }
 
 impl AmqpPublisher {
@@ -70,7 +73,7 @@ impl AmqpPublisher {
             channel: RwLock::new(None),
             exchange,
             confirm_timeout,
-            broken: Notify::new(),
+            broken: AtomicBool::new(false),
         });
         tokio::spawn(supervise(Arc::downgrade(&this), url));
         this
@@ -101,37 +104,47 @@ async fn open(url: &str, exchange: &str) -> lapin::Result<(lapin::Connection, Ch
     Ok((connection, channel))
 }
 
-/// Keeps a confirm-mode channel open while the publisher lives.
+/// Keeps a confirm-mode channel open while the publisher lives. It holds only a weak
+/// reference between checks, so dropping the publisher closes the connection.
 async fn supervise(publisher: std::sync::Weak<AmqpPublisher>, url: String) {
     let mut backoff = Backoff::default();
     loop {
-        let Some(this) = publisher.upgrade() else {
+        let Some(exchange) = publisher.upgrade().map(|p| p.exchange.clone()) else {
             return;
         };
-        match open(&url, &this.exchange).await {
+        match open(&url, &exchange).await {
             Ok((connection, channel)) => {
-                tracing::info!(exchange = %this.exchange, "publisher connected to RabbitMQ");
+                tracing::info!(%exchange, "publisher connected to RabbitMQ");
                 backoff.reset();
-                this.set(Some(channel.clone()));
-                // Watch until the connection or channel breaks, or a publish reports trouble.
-                loop {
-                    tokio::select! {
-                        () = this.broken.notified() => {},
-                        () = tokio::time::sleep(Duration::from_millis(250)) => {},
+                let alive = loop {
+                    let Some(this) = publisher.upgrade() else {
+                        break false;
+                    };
+                    if this.current().is_none() {
+                        this.set(Some(channel.clone()));
                     }
-                    if !connection.status().connected() || !channel.status().connected() {
-                        break;
+                    let broken = this.broken.swap(false, Ordering::AcqRel);
+                    if broken || !connection.status().connected() || !channel.status().connected() {
+                        this.set(None);
+                        break true;
                     }
+                    drop(this);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    connection.close(200, "reconnecting".into()),
+                )
+                .await;
+                if !alive {
+                    return;
                 }
-                this.set(None);
                 tracing::warn!("publisher lost its RabbitMQ connection; reconnecting");
-                let _ = connection.close(200, "reconnecting".into()).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot connect the publisher to RabbitMQ");
             }
         }
-        drop(this);
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }
@@ -164,7 +177,7 @@ impl EventPublisher for AmqpPublisher {
             result,
             Err(PublishError::Broker(_) | PublishError::Timeout(_))
         ) {
-            self.broken.notify_one();
+            self.broken.store(true, Ordering::Release);
         }
         result
     }

@@ -108,6 +108,63 @@ impl<S: Source> Vars<S> {
         }
     }
 
+    /// An AMQP URL (`amqp://user:pass@host:5672/vhost`), checked now rather than at connect time.
+    pub fn amqp_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.string(name) {
+            None => Ok(None),
+            Some(v) => match v.parse::<lapin::uri::AMQPUri>() {
+                Ok(_) => Ok(Some(v)),
+                Err(e) => Err(ConfigError::malformed(name, v, e)),
+            },
+        }
+    }
+
+    /// An `http://` or `https://` base URL, without a trailing slash.
+    pub fn http_url_or(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let v = self.string(name).unwrap_or_else(|| default.to_owned());
+        match reqwest::Url::parse(&v) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                Ok(v.trim_end_matches('/').to_owned())
+            }
+            Ok(_) => Err(ConfigError::malformed(
+                name,
+                v,
+                "expected an http:// or https:// URL",
+            )),
+            Err(e) => Err(ConfigError::malformed(name, v, e)),
+        }
+    }
+
+    /// A number that must be at least 1.
+    pub fn positive_or<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + From<u8>,
+        T::Err: Display,
+    {
+        let v = self.parse_or(name, default)?;
+        if v < T::from(1) {
+            return Err(ConfigError::malformed(name, "0", "must be at least 1"));
+        }
+        Ok(v)
+    }
+
+    /// A duration that must not be zero.
+    pub fn nonzero_duration_or(
+        &self,
+        name: &'static str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration_or(name, default)?;
+        if d.is_zero() {
+            return Err(ConfigError::malformed(
+                name,
+                "0",
+                "must be longer than zero",
+            ));
+        }
+        Ok(d)
+    }
+
     /// `CHAT_DEV_MODE=true` allows built-in development defaults (such as a JWT secret).
     pub fn dev_mode(&self) -> Result<bool, ConfigError> {
         self.flag("CHAT_DEV_MODE")
@@ -170,5 +227,27 @@ mod tests {
         ));
         assert!(vars(&[("CHAT_DEV_MODE", "maybe")]).dev_mode().is_err());
         assert!(vars(&[("CHAT_DEV_MODE", "TRUE")]).dev_mode().unwrap());
+        let v = vars(&[
+            ("R", "garbage://x"),
+            ("A", "ftp://x"),
+            ("Z", "0"),
+            ("P", "0s"),
+        ]);
+        assert!(v.amqp_url("R").unwrap_err().to_string().contains('R'));
+        assert_eq!(
+            vars(&[("R", "amqp://rabbitmq:5672")])
+                .amqp_url("R")
+                .unwrap()
+                .as_deref(),
+            Some("amqp://rabbitmq:5672")
+        );
+        assert!(v.http_url_or("A", "http://x").is_err());
+        assert!(v.http_url_or("B", "nonsense").is_err());
+        assert_eq!(
+            v.http_url_or("B", "http://auth:5001/").unwrap(),
+            "http://auth:5001"
+        );
+        assert!(v.positive_or::<u16>("Z", 5).is_err());
+        assert!(v.nonzero_duration_or("P", Duration::from_secs(1)).is_err());
     }
 }

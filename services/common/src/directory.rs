@@ -40,9 +40,13 @@ impl Default for DirectoryConfig {
 
 #[derive(Clone)]
 struct Entry {
-    id: Option<Arc<str>>,
+    /// `Err` caches an unreachable auth-service for [`ERROR_TTL`], so a dead or slow
+    /// auth-service costs one timeout per second per name, not one per event.
+    id: Result<Option<Arc<str>>, String>,
     expires: Instant,
 }
+
+const ERROR_TTL: Duration = Duration::from_secs(1);
 
 /// A pooled HTTP client for auth-service's lookup, with the cache in front.
 #[derive(Clone)]
@@ -127,11 +131,11 @@ impl UserDirectory {
             .cloned()
     }
 
-    fn remember(&self, username: &str, id: Option<Arc<str>>) {
-        let ttl = if id.is_some() {
-            self.config.ttl
-        } else {
-            self.config.negative_ttl
+    fn remember(&self, username: &str, id: Result<Option<Arc<str>>, String>) {
+        let ttl = match &id {
+            Ok(Some(_)) => self.config.ttl,
+            Ok(None) => self.config.negative_ttl,
+            Err(_) => ERROR_TTL,
         };
         let now = Instant::now();
         let mut cache = self
@@ -161,16 +165,19 @@ impl UserDirectory {
     /// The id of `username`, `None` if no such user exists.
     pub async fn id_of(&self, username: &str) -> Result<Option<Arc<str>>, LookupError> {
         if let Some(hit) = self.cached(username) {
-            self.count("hit");
-            return Ok(hit.id);
+            self.count(if hit.id.is_ok() { "hit" } else { "error" });
+            return hit.id.map_err(LookupError::Unavailable);
         }
         let result = self.fetch(username).await;
         match &result {
             Ok(id) => {
                 self.count("miss");
-                self.remember(username, id.clone());
+                self.remember(username, Ok(id.clone()));
             }
-            Err(_) => self.count("error"),
+            Err(LookupError::Unavailable(reason)) => {
+                self.count("error");
+                self.remember(username, Err(reason.clone()));
+            }
         }
         result
     }
@@ -191,13 +198,13 @@ impl UserDirectory {
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| LookupError::Unavailable(e.to_string()))?;
+            .map_err(|e| LookupError::Unavailable(e.without_url().to_string()))?;
         match response.status().as_u16() {
             200 => {
                 let found: Found = response
                     .json()
                     .await
-                    .map_err(|e| LookupError::Unavailable(e.to_string()))?;
+                    .map_err(|e| LookupError::Unavailable(e.without_url().to_string()))?;
                 Ok(Some(found.id.into()))
             }
             404 => Ok(None),

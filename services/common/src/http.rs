@@ -185,7 +185,10 @@ pub fn readiness(checks: &[(&str, Result<(), String>)]) -> Response {
         "message": format!("Unavailable: {}", failing.join(", ")),
         "checks": detail,
     });
-    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    with_retry_after(
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response(),
+        1,
+    )
 }
 
 async fn not_found() -> Response {

@@ -42,6 +42,15 @@ impl<S: Source> Source for Overlay<S> {
     }
 }
 
+/// An address this process can call itself on: a wildcard bind is reached through loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if !ip.is_unspecified() => addr,
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::LOCALHOST, addr.port()).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, addr.port()).into(),
+    }
+}
+
 /// A JWT secret that survives restarts: `JWT_SECRET`, else one generated once into `DATA_DIR`.
 fn jwt_secret<S: Source>(vars: &Vars<S>, data_dir: &Path) -> anyhow::Result<String> {
     if let Some(s) = vars.string("JWT_SECRET") {
@@ -113,7 +122,7 @@ where
             ("JWT_SECRET".into(), jwt_secret(&vars, &data_dir)?),
             (
                 "AUTH_SERVICE_URL".into(),
-                format!("http://127.0.0.1:{}", auth_addr.port()),
+                format!("http://{}", reachable(auth_addr)),
             ),
         ],
     };

@@ -51,9 +51,15 @@ pub async fn run(
     match source {
         EventSource::Local(bus) => {
             let mut rx = bus.subscribe();
+            drop(bus);
+            let mut stop = stop;
             ready.store(true, Ordering::Release);
             loop {
-                match rx.recv().await {
+                let received = tokio::select! {
+                    _ = stop.changed() => break,
+                    r = rx.recv() => r,
+                };
+                match received {
                     Ok(payload) => hub.handle(&payload).await,
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "event consumer lagged");

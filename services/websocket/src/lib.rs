@@ -85,25 +85,23 @@ impl Config {
         let s = SocketConfig::default();
         Ok(Self {
             port: vars.parse_or("PORT", 5003)?,
-            rabbitmq_url: vars.string("RABBITMQ_URL"),
+            rabbitmq_url: vars.amqp_url("RABBITMQ_URL")?,
             jwt: JwtSettings::from_env(vars)?,
-            auth_service_url: vars
-                .string("AUTH_SERVICE_URL")
-                .unwrap_or_else(|| "http://localhost:5001".to_owned()),
+            auth_service_url: vars.http_url_or("AUTH_SERVICE_URL", "http://localhost:5001")?,
             exchange: vars
                 .string("EXCHANGE_NAME")
                 .unwrap_or_else(|| chat_common::bus::DEFAULT_EXCHANGE.to_owned()),
-            prefetch: vars.parse_or("PREFETCH", 256)?,
+            prefetch: vars.positive_or("PREFETCH", 256)?,
             directory: DirectoryConfig {
                 capacity: vars.parse_or("LOOKUP_CACHE_SIZE", d.capacity)?,
                 ttl: vars.duration_or("LOOKUP_CACHE_TTL", d.ttl)?,
                 ..d
             },
             socket: SocketConfig {
-                ping_interval: vars.duration_or("WS_PING_INTERVAL", s.ping_interval)?,
-                queue: vars.parse_or("WS_QUEUE", s.queue)?,
+                ping_interval: vars.nonzero_duration_or("WS_PING_INTERVAL", s.ping_interval)?,
+                queue: vars.positive_or("WS_QUEUE", s.queue)?,
                 max_message_bytes: vars.parse_or("WS_MAX_MESSAGE_BYTES", s.max_message_bytes)?,
-                write_timeout: vars.duration_or("WS_WRITE_TIMEOUT", s.write_timeout)?,
+                write_timeout: vars.nonzero_duration_or("WS_WRITE_TIMEOUT", s.write_timeout)?,
                 ..s
             },
             dev_mode: vars.dev_mode()?,

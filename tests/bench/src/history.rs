@@ -1,0 +1,105 @@
+//! `history`: seeds one conversation with N messages through the API, then measures the
+//! latest-page query and the `after` catch-up query.
+
+use std::time::Instant;
+
+use futures_util::{StreamExt, stream};
+use serde_json::Value;
+
+use crate::{
+    client::{self, Target},
+    report::{Latency, Report},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Messages in the conversation.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: usize,
+    /// Queries of each kind.
+    #[arg(long, default_value_t = 500)]
+    pub queries: usize,
+    /// Page size.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Sends in flight while seeding.
+    #[arg(long, default_value_t = 32)]
+    pub parallel: usize,
+}
+
+async fn timed_get(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<(std::time::Duration, Value)> {
+    let started = Instant::now();
+    let r = http.get(url).bearer_auth(token).send().await?;
+    anyhow::ensure!(r.status() == 200, "history answered {}", r.status());
+    let body: Value = r.json().await?;
+    Ok((started.elapsed(), body))
+}
+
+pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        args.messages > args.limit,
+        "messages must exceed the page size"
+    );
+    let http = client::http_client();
+    let prefix = client::run_prefix();
+    let users = client::make_users(&http, target, &prefix, 2, 2).await?;
+    let (a, b) = (&users[0], &users[1]);
+    let bar = client::progress(args.messages as u64, "seeding", as_json);
+    let statuses: Vec<anyhow::Result<u16>> = stream::iter(0..args.messages)
+        .map(|i| {
+            let (http, bar) = (&http, &bar);
+            let (from, to) = if i % 2 == 0 {
+                (a, &b.name)
+            } else {
+                (b, &a.name)
+            };
+            async move {
+                let s = client::send(http, target, from, to, &format!("history {i}")).await;
+                bar.inc(1);
+                s
+            }
+        })
+        .buffer_unordered(args.parallel.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let failed = statuses.iter().filter(|s| !matches!(s, Ok(201))).count();
+    anyhow::ensure!(failed == 0, "{failed} seeding sends failed");
+
+    let latest_url = format!(
+        "{}/chat/history?user1={}&user2={}&limit={}",
+        target.chat, a.name, b.name, args.limit
+    );
+    let (_, page) = timed_get(&http, &latest_url, &a.token).await?;
+    let anchor = page["data"][0]["_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let after_url = format!("{latest_url}&after={anchor}");
+    let mut latest = Latency::default();
+    let mut after = Latency::default();
+    let bar = client::progress(args.queries as u64 * 2, "queries", as_json);
+    for _ in 0..args.queries {
+        let (d, body) = timed_get(&http, &latest_url, &a.token).await?;
+        anyhow::ensure!(
+            body["data"].as_array().map(Vec::len) == Some(args.limit),
+            "short latest page"
+        );
+        latest.record(d);
+        let (d, _) = timed_get(&http, &after_url, &b.token).await?;
+        after.record(d);
+        bar.inc(2);
+    }
+    bar.finish_and_clear();
+    let mut report = Report::new("history: one conversation");
+    report
+        .set("messages", args.messages)
+        .set("page", args.limit)
+        .latency("latest_page", &latest)
+        .latency("after_catch_up", &after);
+    Ok(report)
+}
