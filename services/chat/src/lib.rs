@@ -45,6 +45,10 @@ pub struct Config {
     pub publish_timeout: Duration,
     /// `DB_TIMEOUT` (default 5 s).
     pub db_timeout: Duration,
+    /// `WRITE_BATCH` (default 256): most messages written together (group commit).
+    pub write_batch: usize,
+    /// `WRITE_CONCURRENCY` (default 4): batches written at once.
+    pub write_concurrency: usize,
     /// `CHAT_DEV_MODE`, `DATA_DIR`: as for auth-service.
     pub dev_mode: bool,
     pub data_dir: std::path::PathBuf,
@@ -66,6 +70,8 @@ impl Config {
             max_message_chars: vars.positive_or("MAX_MESSAGE_CHARS", 4000)?,
             publish_timeout: vars.duration_or("PUBLISH_TIMEOUT", Duration::from_secs(5))?,
             db_timeout: vars.duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
+            write_batch: vars.positive_or("WRITE_BATCH", 256)?,
+            write_concurrency: vars.positive_or("WRITE_CONCURRENCY", 4)?,
             dev_mode: vars.dev_mode()?,
             data_dir: vars
                 .string("DATA_DIR")
@@ -140,7 +146,7 @@ impl AppState {
             &http_metrics,
         )?;
         Ok(Self {
-            store,
+            store: store::BatchingStore::wrap(store, config.write_concurrency, config.write_batch),
             publisher,
             directory,
             verifier: Arc::new(config.jwt.verifier()),

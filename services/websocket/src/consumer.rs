@@ -123,6 +123,22 @@ async fn subscribe(
     Ok((connection, consumer, name))
 }
 
+/// Events handled per cumulative ack, at most.
+const ACK_EVERY: u32 = 64;
+/// An idle consumer acks what it has handled after this long.
+const ACK_QUIET: Duration = Duration::from_millis(5);
+
+/// Acks every delivery up to and including this one.
+async fn ack(acker: &lapin::Acker) -> bool {
+    match acker.ack(BasicAckOptions { multiple: true }).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "ack failed");
+            false
+        }
+    }
+}
+
 async fn amqp(
     url: &str,
     exchange: &str,
@@ -138,15 +154,30 @@ async fn amqp(
                 tracing::info!(%queue, %exchange, "consuming events");
                 backoff.reset();
                 ready.store(true, Ordering::Release);
+                // Acks are cumulative (`multiple`): one per ACK_EVERY events, or as soon as the
+                // queue goes quiet, so each event costs no broker round trip of its own.
+                let mut unacked: Option<(lapin::Acker, u32)> = None;
                 loop {
+                    let quiet = tokio::time::sleep(ACK_QUIET);
                     tokio::select! {
                         _ = stop.changed() => break,
+                        () = quiet, if unacked.is_some() => {
+                            if let Some((acker, _)) = unacked.take()
+                                && !ack(&acker).await
+                            {
+                                break;
+                            }
+                        }
                         next = consumer.next() => match next {
                             Some(Ok(delivery)) => {
                                 hub.handle(&delivery.data).await;
-                                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                                    tracing::warn!(error = %e, "ack failed");
-                                    break;
+                                let count = unacked.take().map_or(1, |(_, n)| n + 1);
+                                if count >= ACK_EVERY {
+                                    if !ack(&delivery.acker).await {
+                                        break;
+                                    }
+                                } else {
+                                    unacked = Some((delivery.acker, count));
                                 }
                             }
                             Some(Err(e)) => {

@@ -8,6 +8,7 @@ mod connections;
 mod e2e;
 mod fanout;
 mod history;
+mod insert;
 mod login;
 mod plot;
 mod report;
@@ -40,6 +41,8 @@ enum Command {
     History(history::Args),
     /// Login latency and throughput.
     Login(login::Args),
+    /// The backing MongoDB's raw insert rate (the baseline for e2e).
+    Insert(insert::Args),
 }
 
 #[tokio::main]
@@ -54,6 +57,7 @@ async fn main() -> ExitCode {
         Command::Connections(a) => connections::run(t, a, cli.json).await,
         Command::History(a) => history::run(t, a, cli.json).await,
         Command::Login(a) => login::run(t, a, cli.json).await,
+        Command::Insert(a) => insert::run(a).await,
     };
     match result {
         Ok(report) => {

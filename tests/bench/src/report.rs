@@ -23,6 +23,10 @@ impl Latency {
         let _ = self.0.record(us);
     }
 
+    pub fn merge(&mut self, other: &Self) {
+        let _ = self.0.add(&other.0);
+    }
+
     pub fn count(&self) -> u64 {
         self.0.len()
     }

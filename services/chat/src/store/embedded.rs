@@ -55,24 +55,34 @@ impl EmbeddedMessageStore {
 
 #[async_trait]
 impl MessageStore for EmbeddedMessageStore {
-    async fn insert(&self, m: &Message) -> Result<(), StoreError> {
+    async fn insert_many(&self, messages: &[Message]) -> Result<(), StoreError> {
         let db = self.db.clone();
-        let key = conversation_key(&m.sender, &m.recipient);
-        let id = m.id.bytes();
-        let body = serde_json::to_vec(&Body {
-            sender: m.sender.clone(),
-            recipient: m.recipient.clone(),
-            content: m.content.clone(),
-            timestamp_ms: m.timestamp_ms,
-        })
-        .map_err(unavailable)?;
+        let rows = messages
+            .iter()
+            .map(|m| {
+                let body = serde_json::to_vec(&Body {
+                    sender: m.sender.clone(),
+                    recipient: m.recipient.clone(),
+                    content: m.content.clone(),
+                    timestamp_ms: m.timestamp_ms,
+                })?;
+                Ok((
+                    conversation_key(&m.sender, &m.recipient),
+                    m.id.bytes(),
+                    body,
+                ))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .map_err(unavailable)?;
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_write().map_err(unavailable)?;
             {
                 let mut table = txn.open_table(MESSAGES).map_err(unavailable)?;
-                table
-                    .insert((key.as_str(), &id[..]), body.as_slice())
-                    .map_err(unavailable)?;
+                for (key, id, body) in &rows {
+                    table
+                        .insert((key.as_str(), &id[..]), body.as_slice())
+                        .map_err(unavailable)?;
+                }
             }
             txn.commit().map_err(unavailable)
         })

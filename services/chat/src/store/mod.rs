@@ -1,7 +1,10 @@
 //! Where messages live: MongoDB (the original's `messages` collection) or an embedded file.
 
+mod batch;
 mod embedded;
 mod mongo;
+
+pub use batch::BatchingStore;
 
 pub use embedded::EmbeddedMessageStore;
 pub use mongo::MongoMessageStore;
@@ -52,7 +55,12 @@ pub enum StoreError {
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores a message; returns once the write is acknowledged.
-    async fn insert(&self, message: &Message) -> Result<(), StoreError>;
+    async fn insert(&self, message: &Message) -> Result<(), StoreError> {
+        self.insert_many(std::slice::from_ref(message)).await
+    }
+
+    /// Stores several messages in one write; returns once it is acknowledged.
+    async fn insert_many(&self, messages: &[Message]) -> Result<(), StoreError>;
 
     /// Messages between `a` and `b` in both directions, oldest first.
     async fn conversation(&self, a: &str, b: &str, page: Page) -> Result<Vec<Message>, StoreError>;

@@ -119,15 +119,20 @@ impl MongoMessageStore {
 
 #[async_trait]
 impl MessageStore for MongoMessageStore {
-    async fn insert(&self, m: &Message) -> Result<(), StoreError> {
-        let doc = MessageDoc {
+    async fn insert_many(&self, messages: &[Message]) -> Result<(), StoreError> {
+        let docs = messages.iter().map(|m| MessageDoc {
             id: m.id,
             sender: m.sender.clone(),
             recipient: m.recipient.clone(),
             content: m.content.clone(),
             timestamp: DateTime::from_millis(m.timestamp_ms),
-        };
-        self.timed(self.messages.insert_one(&doc)).await?;
+        });
+        if messages.len() == 1 {
+            let doc = docs.into_iter().next().expect("one message");
+            self.timed(self.messages.insert_one(&doc)).await?;
+        } else {
+            self.timed(self.messages.insert_many(docs)).await?;
+        }
         Ok(())
     }
 
