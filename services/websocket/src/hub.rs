@@ -19,17 +19,14 @@ use chat_common::{
     event::{Event, Frame, NEW_MESSAGE},
     time::{now_millis, parse_rfc3339_millis},
 };
-use tokio::sync::{Notify, mpsc};
 
-use crate::WsMetrics;
+use crate::{WsMetrics, outbox::Outbox};
 
 /// One open socket.
 struct Conn {
     id: u64,
     user_id: Arc<str>,
-    tx: mpsc::Sender<Utf8Bytes>,
-    /// Tells the socket's task to close it (slow consumer).
-    kill: Arc<Notify>,
+    outbox: Arc<Outbox>,
 }
 
 pub struct Hub {
@@ -40,13 +37,12 @@ pub struct Hub {
     queue: usize,
 }
 
-/// What a socket's task holds: its queue and kill switch, removed from the hub on drop.
+/// What a socket's task holds: its queue, removed from the hub on drop.
 pub struct Registration {
     hub: Arc<Hub>,
     username: Arc<str>,
     id: u64,
-    pub rx: mpsc::Receiver<Utf8Bytes>,
-    pub kill: Arc<Notify>,
+    pub outbox: Arc<Outbox>,
 }
 
 impl Drop for Registration {
@@ -68,8 +64,7 @@ impl Hub {
     }
 
     pub fn register(self: &Arc<Self>, username: &str, user_id: &str) -> Registration {
-        let (tx, rx) = mpsc::channel(self.queue);
-        let kill = Arc::new(Notify::new());
+        let outbox = Arc::new(Outbox::new(self.queue));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let username: Arc<str> = username.into();
         self.write()
@@ -78,16 +73,14 @@ impl Hub {
             .push(Conn {
                 id,
                 user_id: user_id.into(),
-                tx,
-                kill: kill.clone(),
+                outbox: outbox.clone(),
             });
         self.metrics.open_sockets.inc();
         Registration {
             hub: self.clone(),
             username,
             id,
-            rx,
-            kill,
+            outbox,
         }
     }
 
@@ -137,13 +130,10 @@ impl Hub {
                 return 0;
             };
             for c in list.iter().filter(|c| &*c.user_id == user_id) {
-                match c.tx.try_send(frame.clone()) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        c.kill.notify_one();
-                        slow.push(c.id);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                if c.outbox.push(frame.clone()) {
+                    delivered += 1;
+                } else {
+                    slow.push(c.id);
                 }
             }
         }

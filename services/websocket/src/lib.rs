@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod hub;
+mod outbox;
 mod socket;
 
 use std::{
@@ -51,7 +52,8 @@ impl Default for SocketConfig {
             queue: 256,
             max_message_bytes: 64 * 1024,
             write_timeout: Duration::from_secs(10),
-            read_buffer_bytes: 4 * 1024,
+            // Clients send little (pongs); larger messages grow the buffer as needed.
+            read_buffer_bytes: 256,
             write_buffer_bytes: 0,
             max_write_buffer_bytes: 256 * 1024,
         }

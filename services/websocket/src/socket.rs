@@ -18,7 +18,7 @@ use chat_common::{
 };
 use futures_util::{SinkExt, StreamExt};
 
-use crate::{AppState, hub::Registration};
+use crate::{AppState, hub::Registration, outbox::Next};
 
 /// Close codes.
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
@@ -103,7 +103,7 @@ async fn serve(socket: WebSocket, user: User, state: AppState) {
 }
 
 /// The socket's life, generic over its sink and stream so it can be driven in tests.
-async fn run_socket<S>(socket: S, mut reg: Registration, expires_at: u64, state: &AppState)
+async fn run_socket<S>(socket: S, reg: Registration, expires_at: u64, state: &AppState)
 where
     S: futures_util::Sink<Message>
         + futures_util::Stream<Item = Result<Message, axum::Error>>
@@ -120,15 +120,16 @@ where
 
     let outcome: Option<Message> = loop {
         tokio::select! {
-            frame = reg.rx.recv() => {
-                let Some(frame) = frame else { break None };
+            next = reg.outbox.next() => {
+                let Next::Frame(frame) = next else {
+                    break Some(close(CLOSE_POLICY, "Too slow"));
+                };
                 match tokio::time::timeout(write_timeout, sink.send(Message::Text(frame))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break None,
                     Err(_) => break Some(close(CLOSE_POLICY, "Too slow")),
                 }
             }
-            () = reg.kill.notified() => break Some(close(CLOSE_POLICY, "Too slow")),
             _ = ping.tick() => {
                 if missed_pongs >= 2 {
                     tracing::debug!("socket stopped answering pings");

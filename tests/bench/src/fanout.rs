@@ -37,8 +37,8 @@ pub struct Args {
     /// Seconds published before measuring (not counted).
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
-    /// Events published but not yet delivered, at most.
-    #[arg(long, default_value_t = 2000)]
+    /// Events published but not yet delivered, at most (the queueing a client adds to latency).
+    #[arg(long, default_value_t = 400)]
     pub window: u64,
     /// RabbitMQ URL.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
