@@ -99,21 +99,23 @@ fn close(code: u16, reason: &'static str) -> Message {
 
 async fn serve(socket: WebSocket, user: User, state: AppState) {
     let registration = state.hub.register(&user.username, &user.id);
-    run_socket(socket, registration, user.expires_at, &state).await;
+    let expires_at = user.expires_at;
+    drop(user); // Idle sockets are many: keep nothing the task does not need.
+    run_socket(socket, registration, expires_at, &state).await;
 }
 
 /// The socket's life, generic over its sink and stream so it can be driven in tests.
-async fn run_socket<S>(socket: S, reg: Registration, expires_at: u64, state: &AppState)
+async fn run_socket<S>(mut socket: S, reg: Registration, expires_at: u64, state: &AppState)
 where
     S: futures_util::Sink<Message>
         + futures_util::Stream<Item = Result<Message, axum::Error>>
         + Unpin,
 {
-    let (mut sink, mut stream) = socket.split();
     let mut shutdown = state.shutdown.clone();
     let ping_every = state.config.ping_interval;
     let write_timeout = state.config.write_timeout;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let ping = tokio::time::sleep(ping_every);
+    tokio::pin!(ping);
     let mut missed_pongs = 0u32;
     let expiry = tokio::time::sleep(Duration::from_secs(expires_at.saturating_sub(now_secs())));
     tokio::pin!(expiry);
@@ -124,25 +126,26 @@ where
                 let Next::Frame(frame) = next else {
                     break Some(close(CLOSE_POLICY, "Too slow"));
                 };
-                match tokio::time::timeout(write_timeout, sink.send(Message::Text(frame))).await {
+                match tokio::time::timeout(write_timeout, socket.send(Message::Text(frame))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break None,
                     Err(_) => break Some(close(CLOSE_POLICY, "Too slow")),
                 }
             }
-            _ = ping.tick() => {
+            () = &mut ping => {
+                ping.as_mut().reset(tokio::time::Instant::now() + ping_every);
                 if missed_pongs >= 2 {
                     tracing::debug!("socket stopped answering pings");
                     break None;
                 }
                 missed_pongs += 1;
-                if tokio::time::timeout(write_timeout, sink.send(Message::Ping(axum::body::Bytes::new()))).await.is_err() {
+                if tokio::time::timeout(write_timeout, socket.send(Message::Ping(axum::body::Bytes::new()))).await.is_err() {
                     break None;
                 }
             }
             () = &mut expiry => break Some(close(CLOSE_UNAUTHORIZED, "Token expired")),
             _ = shutdown.changed() => break Some(close(CLOSE_GOING_AWAY, "Server shutting down")),
-            incoming = stream.next() => match incoming {
+            incoming = socket.next() => match incoming {
                 None | Some(Err(_) | Ok(Message::Close(_))) => break None,
                 // Any traffic proves the client alive; clients send nothing else we act on.
                 Some(Ok(_)) => missed_pongs = 0,
@@ -151,7 +154,7 @@ where
     };
     drop(reg);
     if let Some(message) = outcome {
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(message)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(message)).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
 }
