@@ -146,6 +146,8 @@ pub struct Stack {
     pub chat: Running,
     pub ws: Vec<Running>,
     pub exchange: String,
+    /// chat-service's database URL (to plant documents as the original system wrote them).
+    pub chat_db: String,
     pub http: reqwest::Client,
 }
 
@@ -169,6 +171,7 @@ impl Stack {
             chat,
             ws,
             exchange,
+            chat_db,
             http: reqwest::Client::new(),
         }
     }

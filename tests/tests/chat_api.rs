@@ -317,3 +317,71 @@ async fn concurrent_sends_are_all_confirmed_and_delivered() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_written_by_the_original_reads_and_pages_across_months() {
+    use mongodb::bson::{DateTime, doc, oid::ObjectId};
+    let stack = Stack::start(0).await;
+    let (_, ta) = stack.user("alice").await;
+    stack.user("bob").await;
+    // Documents as the original's Mongoose model wrote them, spread over 90 days.
+    let client = mongodb::Client::with_uri_str(&stack.chat_db).await.unwrap();
+    let messages = client.default_database().unwrap().collection("messages");
+    let now = chat_common::jwt::now_secs();
+    let ages = [90 * 86_400, 40 * 86_400, 2 * 86_400, 5 * 3600, 600, 30, 1];
+    let mut planted = Vec::new();
+    for (i, age) in ages.iter().enumerate() {
+        let secs = now - age;
+        let mut bytes = [0u8; 12];
+        bytes[..4].copy_from_slice(&u32::try_from(secs).unwrap().to_be_bytes());
+        bytes[11] = u8::try_from(i).unwrap() + 1;
+        let id = ObjectId::from_bytes(bytes);
+        let (sender, recipient) = if i % 2 == 0 {
+            ("alice", "bob")
+        } else {
+            ("bob", "alice")
+        };
+        messages
+            .insert_one(doc! { "_id": id, "sender": sender, "recipient": recipient,
+                "content": format!("old {i}"), "timestamp": DateTime::from_millis(i64::try_from(secs).unwrap() * 1000), "__v": 0 })
+            .await
+            .unwrap();
+        planted.push(id.to_hex());
+    }
+    let contents = |body: &serde_json::Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, all) = stack.history(&ta, "user1=alice&user2=bob").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        contents(&all),
+        (0..7).map(|i| format!("old {i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(all["data"][0]["_id"], planted[0]);
+    assert!(all["data"][0]["timestamp"].as_str().unwrap().ends_with('Z'));
+    let (_, latest) = stack.history(&ta, "user1=alice&user2=bob&limit=3").await;
+    assert_eq!(contents(&latest), ["old 4", "old 5", "old 6"]);
+    let (_, older) = stack
+        .history(
+            &ta,
+            &format!("user1=alice&user2=bob&limit=3&before={}", planted[4]),
+        )
+        .await;
+    assert_eq!(contents(&older), ["old 1", "old 2", "old 3"]);
+    let (_, newer) = stack
+        .history(
+            &ta,
+            &format!("user1=alice&user2=bob&limit=2&after={}", planted[0]),
+        )
+        .await;
+    assert_eq!(contents(&newer), ["old 1", "old 2"]);
+    let (_, newest) = stack
+        .history(&ta, &format!("user1=alice&user2=bob&after={}", planted[3]))
+        .await;
+    assert_eq!(contents(&newest), ["old 4", "old 5", "old 6"]);
+}

@@ -84,24 +84,71 @@ impl MongoMessageStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
+    /// One direction of a page. The `_id` range is widened step by step from the page's anchor
+    /// (now, `before` or `after`): each step is a bounded index range, so a server that fetches
+    /// a whole matching range before sorting and limiting (not MongoDB, but e.g. the test server)
+    /// still reads only around the page, and MongoDB needs one step for any active conversation.
     async fn direction(
         &self,
         from: &str,
         to: &str,
         page: Page,
     ) -> Result<Vec<Message>, StoreError> {
+        let (limit, anchor) = match page {
+            Page::Latest { limit } => (limit, now_secs() + 1),
+            Page::Before { id, limit } | Page::After { id, limit } => (limit, id_secs(id)),
+        };
+        for window in WINDOWS {
+            let mut range = Document::new();
+            match page {
+                Page::Latest { .. } => {
+                    range.insert("$gte", oid_at(anchor.saturating_sub(window)));
+                }
+                Page::Before { id, .. } => {
+                    range.insert("$lt", id);
+                    range.insert("$gte", oid_at(anchor.saturating_sub(window)));
+                }
+                Page::After { id, .. } => {
+                    range.insert("$gt", id);
+                    range.insert("$lt", oid_at(anchor.saturating_add(window)));
+                }
+            }
+            let reached_end = match page {
+                Page::After { .. } => anchor.saturating_add(window) > now_secs() + CLOCK_SKEW,
+                _ => anchor <= window,
+            };
+            let found = self.scan(from, to, page, Some(range)).await?;
+            if found.len() >= limit || reached_end {
+                return Ok(found);
+            }
+        }
+        self.scan(from, to, page, None).await
+    }
+
+    async fn scan(
+        &self,
+        from: &str,
+        to: &str,
+        page: Page,
+        id_range: Option<Document>,
+    ) -> Result<Vec<Message>, StoreError> {
         let mut filter = doc! { "sender": from, "recipient": to };
         let (sort, limit) = match page {
-            Page::Latest { limit } => (-1, limit),
-            Page::Before { id, limit } => {
-                filter.insert("_id", doc! { "$lt": id });
-                (-1, limit)
-            }
-            Page::After { id, limit } => {
-                filter.insert("_id", doc! { "$gt": id });
-                (1, limit)
-            }
+            Page::Latest { limit } | Page::Before { limit, .. } => (-1, limit),
+            Page::After { limit, .. } => (1, limit),
         };
+        match (id_range, page) {
+            (Some(range), _) => {
+                filter.insert("_id", range);
+            }
+            (None, Page::Before { id, .. }) => {
+                filter.insert("_id", doc! { "$lt": id });
+            }
+            (None, Page::After { id, .. }) => {
+                filter.insert("_id", doc! { "$gt": id });
+            }
+            (None, Page::Latest { .. }) => {}
+        }
         let messages = &self.messages;
         let sort: Document = doc! { "_id": sort };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -115,6 +162,28 @@ impl MongoMessageStore {
         })
         .await
     }
+}
+
+/// Widening windows, in seconds, around a page's anchor (then unbounded).
+const WINDOWS: [u64; 5] = [2, 60, 3600, 86_400, 30 * 86_400];
+/// How far ahead of our clock other writers' ids may be.
+const CLOCK_SKEW: u64 = 60;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn id_secs(id: ObjectId) -> u64 {
+    u64::try_from(id.timestamp().timestamp_millis() / 1000).unwrap_or(0)
+}
+
+/// The smallest ObjectId of second `secs`.
+fn oid_at(secs: u64) -> ObjectId {
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&u32::try_from(secs).unwrap_or(u32::MAX).to_be_bytes());
+    ObjectId::from_bytes(bytes)
 }
 
 #[async_trait]
