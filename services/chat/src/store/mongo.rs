@@ -44,7 +44,13 @@ pub struct MongoMessageStore {
     db: Database,
     messages: Collection<MessageDoc>,
     op_timeout: Duration,
+    /// Newest `_id` this replica has written or read, by direction: where a latest page starts
+    /// looking. Stale or missing is fine (the range is open upwards; without it, now is used).
+    newest: std::sync::Mutex<std::collections::HashMap<(String, String), ObjectId>>,
 }
+
+/// Directions remembered at most (then forgotten all at once; they are only hints).
+const NEWEST_CAPACITY: usize = 100_000;
 
 impl MongoMessageStore {
     pub async fn connect(url: &str, app_name: &str, op_timeout: Duration) -> anyhow::Result<Self> {
@@ -53,6 +59,7 @@ impl MongoMessageStore {
             messages: db.collection("messages"),
             db,
             op_timeout,
+            newest: std::sync::Mutex::default(),
         })
     }
 
@@ -84,6 +91,28 @@ impl MongoMessageStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
+    fn newest_hint(&self, from: &str, to: &str) -> Option<ObjectId> {
+        let newest = self
+            .newest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        newest.get(&(from.to_owned(), to.to_owned())).copied()
+    }
+
+    fn remember_newest<'a>(&self, seen: impl IntoIterator<Item = (&'a str, &'a str, ObjectId)>) {
+        let mut newest = self
+            .newest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (from, to, id) in seen {
+            if newest.len() >= NEWEST_CAPACITY {
+                newest.clear();
+            }
+            let slot = newest.entry((from.to_owned(), to.to_owned())).or_insert(id);
+            *slot = (*slot).max(id);
+        }
+    }
+
     /// One direction of a page. The `_id` range is widened step by step from the page's anchor
     /// (now, `before` or `after`): each step is a bounded index range, so a server that fetches
     /// a whole matching range before sorting and limiting (not MongoDB, but e.g. the test server)
@@ -95,7 +124,10 @@ impl MongoMessageStore {
         page: Page,
     ) -> Result<Vec<Message>, StoreError> {
         let (limit, anchor) = match page {
-            Page::Latest { limit } => (limit, now_secs() + 1),
+            Page::Latest { limit } => (
+                limit,
+                self.newest_hint(from, to).map_or(now_secs() + 1, id_secs),
+            ),
             Page::Before { id, limit } | Page::After { id, limit } => (limit, id_secs(id)),
         };
         for window in WINDOWS {
@@ -119,10 +151,21 @@ impl MongoMessageStore {
             };
             let found = self.scan(from, to, page, Some(range)).await?;
             if found.len() >= limit || reached_end {
-                return Ok(found);
+                return Ok(self.seen(from, to, page, found));
             }
         }
-        self.scan(from, to, page, None).await
+        let found = self.scan(from, to, page, None).await?;
+        Ok(self.seen(from, to, page, found))
+    }
+
+    /// Remembers the newest id of a latest page.
+    fn seen(&self, from: &str, to: &str, page: Page, found: Vec<Message>) -> Vec<Message> {
+        if matches!(page, Page::Latest { .. })
+            && let Some(first) = found.first()
+        {
+            self.remember_newest([(from, to, first.id)]);
+        }
+        found
     }
 
     async fn scan(
@@ -164,8 +207,11 @@ impl MongoMessageStore {
     }
 }
 
-/// Widening windows, in seconds, around a page's anchor (then unbounded).
-const WINDOWS: [u64; 5] = [2, 60, 3600, 86_400, 30 * 86_400];
+/// Widening windows, in seconds, around a page's anchor (then unbounded): each four times the
+/// last, so the probes cost at most a third more than the last one.
+const WINDOWS: [u64; 12] = [
+    1, 4, 16, 64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304,
+];
 /// How far ahead of our clock other writers' ids may be.
 const CLOCK_SKEW: u64 = 60;
 
@@ -202,6 +248,11 @@ impl MessageStore for MongoMessageStore {
         } else {
             self.timed(self.messages.insert_many(docs)).await?;
         }
+        self.remember_newest(
+            messages
+                .iter()
+                .map(|m| (m.sender.as_str(), m.recipient.as_str(), m.id)),
+        );
         Ok(())
     }
 
