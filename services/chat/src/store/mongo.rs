@@ -130,6 +130,26 @@ impl MongoMessageStore {
             ),
             Page::Before { id, limit } | Page::After { id, limit } => (limit, id_secs(id)),
         };
+        // First a few ids around the anchor (ids a process hands out in one second are
+        // consecutive), then widening time windows.
+        let near = match page {
+            Page::Latest { .. } => self.newest_hint(from, to),
+            Page::Before { id, .. } | Page::After { id, .. } => Some(id),
+        };
+        for step in near.map_or(&[][..], |_| &NEAR_STEPS[..]) {
+            let id = near.expect("near steps only with an anchor id");
+            let range = match page {
+                Page::Latest { .. } => doc! { "$gte": shift(id, -i128::from(*step)) },
+                Page::Before { id, .. } => {
+                    doc! { "$lt": id, "$gte": shift(id, -i128::from(*step)) }
+                }
+                Page::After { id, .. } => doc! { "$gt": id, "$lt": shift(id, i128::from(*step)) },
+            };
+            let found = self.scan(from, to, page, Some(range)).await?;
+            if found.len() >= limit {
+                return Ok(self.seen(from, to, page, found));
+            }
+        }
         for window in WINDOWS {
             let mut range = Document::new();
             match page {
@@ -212,6 +232,20 @@ impl MongoMessageStore {
 const WINDOWS: [u64; 12] = [
     1, 4, 16, 64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304,
 ];
+/// Distances, in ObjectId order, tried around an anchor id before time windows.
+const NEAR_STEPS: [u32; 2] = [1 << 10, 1 << 15];
+
+/// `id` moved by `by` in ObjectId order (the 12 bytes as one big-endian number), saturating.
+fn shift(id: ObjectId, by: i128) -> ObjectId {
+    let mut wide = [0u8; 16];
+    wide[4..].copy_from_slice(&id.bytes());
+    let max = (1i128 << 96) - 1;
+    let moved = i128::from_be_bytes(wide).saturating_add(by).clamp(0, max);
+    let mut bytes = [0u8; 12];
+    bytes.copy_from_slice(&moved.to_be_bytes()[4..]);
+    ObjectId::from_bytes(bytes)
+}
+
 /// How far ahead of our clock other writers' ids may be.
 const CLOCK_SKEW: u64 = 60;
 
@@ -269,5 +303,24 @@ impl MessageStore for MongoMessageStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed(self.db.run_command(doc! { "ping": 1 })).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifting_ids_keeps_their_order() {
+        let id = ObjectId::parse_str("65b9f0c2a1b2c3d4e5000010").unwrap();
+        assert_eq!(shift(id, -0x20).to_hex(), "65b9f0c2a1b2c3d4e4fffff0");
+        assert_eq!(shift(id, 0x10).to_hex(), "65b9f0c2a1b2c3d4e5000020");
+        assert!(shift(id, -1) < id && id < shift(id, 1));
+        let zero = ObjectId::from_bytes([0; 12]);
+        assert_eq!(shift(zero, -5), zero);
+        assert_eq!(
+            shift(ObjectId::from_bytes([0xff; 12]), 5).bytes(),
+            [0xff; 12]
+        );
     }
 }
