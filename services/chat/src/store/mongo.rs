@@ -233,7 +233,7 @@ const WINDOWS: [u64; 12] = [
     1, 4, 16, 64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304,
 ];
 /// Distances, in ObjectId order, tried around an anchor id before time windows.
-const NEAR_STEPS: [u32; 2] = [1 << 10, 1 << 15];
+const NEAR_STEPS: [u32; 3] = [1 << 7, 1 << 10, 1 << 15];
 
 /// `id` moved by `by` in ObjectId order (the 12 bytes as one big-endian number), saturating.
 fn shift(id: ObjectId, by: i128) -> ObjectId {
