@@ -181,10 +181,27 @@ async fn stores(
         return Ok((users, messages));
     }
     tracing::info!(dir = %data_dir.display(), "embedded stores");
-    Ok((
-        Arc::new(EmbeddedUserStore::open(&data_dir.join("auth.redb"))?),
-        Arc::new(EmbeddedMessageStore::open(&data_dir.join("chat.redb"))?),
-    ))
+    let users = open_retrying(|| EmbeddedUserStore::open(&data_dir.join("auth.redb"))).await?;
+    let messages =
+        open_retrying(|| EmbeddedMessageStore::open(&data_dir.join("chat.redb"))).await?;
+    Ok((Arc::new(users), Arc::new(messages)))
+}
+
+/// Opens an embedded store, waiting up to 2 s for a previous run in this process (a restart) to
+/// let go of the file.
+async fn open_retrying<T>(mut open: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut attempts = 0;
+    loop {
+        match open() {
+            Ok(store) => return Ok(store),
+            Err(e) if attempts < 20 => {
+                attempts += 1;
+                tracing::debug!(error = %e, "embedded store busy; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// RabbitMQ when `RABBITMQ_URL` is set, else the in-process bus.

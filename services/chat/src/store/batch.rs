@@ -4,7 +4,7 @@
 //! acknowledged. An idle service writes each message alone, so batching adds no latency; under
 //! load it multiplies what the store takes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -24,14 +24,20 @@ impl BatchingStore {
         let (queue, rx) = mpsc::channel::<Pending>(max_batch.max(1) * writers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..writers.max(1) {
-            tokio::spawn(write_batches(inner.clone(), rx.clone(), max_batch.max(1)));
+            // Writers hold the store weakly: dropping this wrapper releases it (the embedded
+            // store's file can then be reopened at once).
+            tokio::spawn(write_batches(
+                Arc::downgrade(&inner),
+                rx.clone(),
+                max_batch.max(1),
+            ));
         }
         Arc::new(Self { inner, queue })
     }
 }
 
 async fn write_batches(
-    store: Arc<dyn MessageStore>,
+    store: Weak<dyn MessageStore>,
     rx: Arc<Mutex<mpsc::Receiver<Pending>>>,
     max_batch: usize,
 ) {
@@ -49,7 +55,10 @@ async fn write_batches(
             }
         }
         let messages: Vec<Message> = batch.iter().map(|(m, _)| m.clone()).collect();
-        let result = store.insert_many(&messages).await;
+        let result = match store.upgrade() {
+            Some(store) => store.insert_many(&messages).await,
+            None => Err(StoreError::Unavailable("store closed".into())),
+        };
         for (_, reply) in batch.drain(..) {
             let _ = reply.send(match &result {
                 Ok(()) => Ok(()),
