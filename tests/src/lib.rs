@@ -266,29 +266,13 @@ impl Stack {
 }
 
 /// The integer value of the first sample of metric `name` (counters and gauges).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 pub fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    chat_common::metrics::sample(text, name)
+        .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}")) as u64
 }
 
-/// Status and JSON body; an error status must come with a JSON `{"message"}`.
-pub async fn read(r: reqwest::Response) -> (u16, Value) {
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
-    if status >= 400 {
-        assert!(
-            body["message"].is_string(),
-            "status {status}: no message in {body}"
-        );
-    }
-    (status, body)
-}
+pub use chat_common::testing::read_json as read;
 
 /// A WebSocket client.
 pub struct Client {
@@ -298,14 +282,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Self {
-        let (ws, response) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket connect");
-        let protocol = response
-            .headers()
-            .get("sec-websocket-protocol")
-            .map(|v| v.to_str().unwrap().to_owned());
-        Self { ws, protocol }
+        Self::connect_request(url).await
     }
 
     pub async fn connect_request(request: impl IntoClientRequest + Unpin) -> Self {

@@ -60,8 +60,8 @@ pub async fn send(
     state.store.insert(&message).await?;
     state.metrics.messages.inc();
     // The message is safe in the database: from here on the send succeeds whatever the broker does.
-    let view = message.view();
-    let payload: Arc<[u8]> = Event::new_message(view.clone()).to_bytes().into();
+    let event = Event::new_message(message.view());
+    let payload: Arc<[u8]> = event.to_bytes().into();
     let started = Instant::now();
     match state.publisher.publish(payload).await {
         Ok(()) => {
@@ -73,12 +73,12 @@ pub async fn send(
         }
         Err(e) => {
             state.metrics.published.with_label_values(&["failed"]).inc();
-            tracing::warn!(error = %e, message_id = %view.id, "event not published; the message is stored");
+            tracing::warn!(error = %e, message_id = %event.data.id, "event not published; the message is stored");
         }
     }
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "message": "Message sent successfully", "data": view })),
+        Json(json!({ "message": "Message sent successfully", "data": event.data })),
     ))
 }
 
@@ -91,8 +91,8 @@ pub struct HistoryQuery {
     after: Option<String>,
 }
 
-pub const DEFAULT_PAGE: usize = 50;
-pub const MAX_PAGE: usize = 200;
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 200;
 
 fn parse_id(name: &str, value: &str) -> Result<ObjectId, ChatError> {
     ObjectId::parse_str(value)

@@ -21,7 +21,6 @@ use chat_common::{
 use tokio::net::TcpListener;
 
 pub use error::ChatError;
-pub use handlers::{DEFAULT_PAGE, MAX_PAGE};
 use publisher::EventPublisher;
 use store::MessageStore;
 

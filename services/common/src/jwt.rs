@@ -218,13 +218,6 @@ impl JwtSettings {
         })
     }
 
-    /// Accepts `INTERNAL_API_TOKEN` as a service credential.
-    #[must_use]
-    pub fn with_internal_token(mut self, token: Option<String>) -> Self {
-        self.internal_token = token;
-        self
-    }
-
     pub fn verifier(&self) -> TokenVerifier {
         let mut validation = Validation::new(self.algorithm);
         validation.leeway = 5;
@@ -538,7 +531,8 @@ mod tests {
 
     #[test]
     fn internal_token_is_a_service_credential() {
-        let s = settings().with_internal_token(Some("s3cr3t-internal-token".into()));
+        let mut s = settings();
+        s.internal_token = Some("s3cr3t-internal-token".into());
         assert_eq!(
             s.verifier().verify("s3cr3t-internal-token"),
             Ok(Principal::Service("internal".into()))

@@ -105,13 +105,12 @@ pub async fn track(State(metrics): State<HttpMetrics>, req: Request, next: Next)
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // `MatchedPath` is a shared string: cloning it allocates nothing.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
     let status = response.status();
-    let labels = [method, route.as_str(), status.as_str()];
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let labels = [method, route, status.as_str()];
     metrics.requests.with_label_values(&labels).inc();
     metrics
         .latency
@@ -132,4 +131,13 @@ pub fn histogram(name: &str, help: &str, buckets: &[f64]) -> prometheus::Histogr
 
 pub fn gauge(name: &str, help: &str) -> prometheus::IntGauge {
     prometheus::IntGauge::new(name, help).expect("static metric definition")
+}
+
+/// The value of the first sample of metric `name` in a Prometheus text exposition.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

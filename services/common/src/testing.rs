@@ -75,6 +75,22 @@ fn require_listening(what: &str, var: &str, url: &str) {
     );
 }
 
+/// Status and JSON body of a response; panics if the body is not JSON, or if an error status
+/// lacks the `{"message": ...}` every error must carry.
+pub async fn read_json(r: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("response body");
+    let body: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
+    if status >= 400 {
+        assert!(
+            body["message"].is_string(),
+            "status {status}: error body lacks a message: {body}"
+        );
+    }
+    (status, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

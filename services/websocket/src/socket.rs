@@ -6,14 +6,14 @@ use std::{collections::HashMap, time::Duration};
 
 use axum::{
     extract::{
-        Query, State, WebSocketUpgrade,
+        State, WebSocketUpgrade,
         ws::{CloseFrame, Message, WebSocket, rejection::WebSocketUpgradeRejection},
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use chat_common::{
-    http::{bearer_token, error_response},
+    http::{Query, bearer_token, error_response},
     jwt::{TokenError, User, now_secs},
 };
 use futures_util::{SinkExt, StreamExt};

@@ -147,12 +147,13 @@ pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Re
         .with_context(|| format!("metrics unreachable at {url}"))?
         .text()
         .await?;
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("{name} not found at {url}"))
+    chat_common::metrics::sample(&text, name).with_context(|| format!("{name} not found at {url}"))
+}
+
+/// The number in a frame whose `content` is `<prefix><number>`.
+pub fn content_number(frame: &str, prefix: &str) -> Option<usize> {
+    let v: Value = serde_json::from_str(frame).ok()?;
+    v["content"].as_str()?.strip_prefix(prefix)?.parse().ok()
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal or with `--json`).

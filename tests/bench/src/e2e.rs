@@ -95,11 +95,6 @@ impl Shared {
     }
 }
 
-fn seq_of(text: &str) -> Option<usize> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    v["content"].as_str()?.strip_prefix("bench ")?.parse().ok()
-}
-
 #[allow(
     clippy::cast_precision_loss,
     clippy::cast_possible_truncation,
@@ -144,7 +139,7 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
         readers.push(tokio::spawn(async move {
             while let Some(Ok(msg)) = socket.next().await {
                 if let Message::Text(text) = msg
-                    && let Some(seq) = seq_of(&text)
+                    && let Some(seq) = client::content_number(&text, "bench ")
                 {
                     shared.delivered(seq, Instant::now());
                 }

@@ -61,11 +61,6 @@ struct Shared {
     per_sec: Vec<AtomicU64>,
 }
 
-fn seq_of(text: &str) -> Option<usize> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    v["content"].as_str()?.strip_prefix("fanout ")?.parse().ok()
-}
-
 #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
 // One straight-line scenario: set up, drive, drain, report.
 #[allow(clippy::too_many_lines)]
@@ -96,7 +91,9 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
         readers.push(tokio::spawn(async move {
             while let Some(Ok(msg)) = socket.next().await {
                 let Message::Text(text) = msg else { continue };
-                let Some(seq) = seq_of(&text) else { continue };
+                let Some(seq) = client::content_number(&text, "fanout ") else {
+                    continue;
+                };
                 let now = Instant::now();
                 let sent = shared.published.lock().expect("lock").get(seq).copied();
                 shared.delivered.fetch_add(1, Ordering::Relaxed);

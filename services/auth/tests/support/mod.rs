@@ -5,7 +5,10 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use auth_service::{AppState, Config, store::MongoUserStore};
-use chat_common::{config::Vars, testing};
+use chat_common::{
+    config::Vars,
+    testing::{self, read_json as read},
+};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -165,19 +168,4 @@ impl TestApp {
             .await
             .unwrap()
     }
-}
-
-/// Status and JSON body; panics if an error response is not a JSON `{"message"}`.
-pub async fn read(r: reqwest::Response) -> (u16, Value) {
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
-    if status >= 400 {
-        assert!(
-            body["message"].is_string(),
-            "status {status}: error body lacks a message: {body}"
-        );
-    }
-    (status, body)
 }

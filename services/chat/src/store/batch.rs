@@ -54,12 +54,12 @@ async fn write_batches(
                 }
             }
         }
-        let messages: Vec<Message> = batch.iter().map(|(m, _)| m.clone()).collect();
+        let (messages, replies): (Vec<Message>, Vec<_>) = batch.drain(..).unzip();
         let result = match store.upgrade() {
             Some(store) => store.insert_many(&messages).await,
             None => Err(StoreError::Unavailable("store closed".into())),
         };
-        for (_, reply) in batch.drain(..) {
+        for reply in replies {
             let _ = reply.send(match &result {
                 Ok(()) => Ok(()),
                 Err(StoreError::Unavailable(reason)) => {
