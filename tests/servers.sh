@@ -47,8 +47,12 @@ ensure_rabbitmq() {
   log "starting RabbitMQ"
   as_root rabbitmq-server -detached
   STARTED_RABBITMQ=1
-  as_root rabbitmqctl await_startup --timeout 120 >/dev/null
-  wait_port 127.0.0.1 5672 60 RabbitMQ
+  # `-detached` returns before the node registers, and `rabbitmqctl await_startup` fails at once
+  # on a node that has not registered yet: wait for the AMQP listener, which opens last.
+  if ! wait_port 127.0.0.1 5672 120 RabbitMQ; then
+    tail -n 40 /var/log/rabbitmq/*.log >&2 2>/dev/null || true
+    return 1
+  fi
 }
 
 # Starts secantus on a free port with throwaway storage; exports TEST_MONGODB_URL.
