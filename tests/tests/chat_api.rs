@@ -385,3 +385,84 @@ async fn history_written_by_the_original_reads_and_pages_across_months() {
         .await;
     assert_eq!(contents(&newest), ["old 4", "old 5", "old 6"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_exact_where_writers_interleave_across_a_second() {
+    use mongodb::bson::{DateTime, doc, oid::ObjectId};
+    let stack = Stack::start(0).await;
+    let (_, ta) = stack.user("alice").await;
+    stack.user("bob").await;
+    let client = mongodb::Client::with_uri_str(&stack.chat_db).await.unwrap();
+    let messages = client.default_database().unwrap().collection("messages");
+    // Three writers (process parts 0x01…, 0x02…, 0x03…) whose counters run on from one second
+    // into the next; the page limits below straddle the boundary and the writers.
+    let second = u32::try_from(chat_common::jwt::now_secs() - 30).unwrap();
+    let mut ids = Vec::new();
+    for (process, first_counter, count) in [(1u8, 0x00ff_fff0u32, 40u32), (2, 5, 7), (3, 900, 3)] {
+        for n in 0..count {
+            let counter = first_counter.wrapping_add(n) & 0x00ff_ffff;
+            // The first 12 of each writer in `second`, the rest in the next one.
+            let secs = second + u32::from(n >= 12);
+            let mut bytes = [0u8; 12];
+            bytes[..4].copy_from_slice(&secs.to_be_bytes());
+            bytes[4..9].copy_from_slice(&[process; 5]);
+            bytes[9..].copy_from_slice(&counter.to_be_bytes()[1..]);
+            ids.push(ObjectId::from_bytes(bytes));
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let (sender, recipient) = if i % 3 == 0 {
+            ("bob", "alice")
+        } else {
+            ("alice", "bob")
+        };
+        messages
+            .insert_one(doc! { "_id": id, "sender": sender, "recipient": recipient,
+            "content": id.to_hex(), "timestamp": DateTime::now() })
+            .await
+            .unwrap();
+    }
+    ids.sort();
+    let hex: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
+    let page = |body: &serde_json::Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for limit in [1, 5, 20, 31, 50] {
+        let (status, latest) = stack
+            .history(&ta, &format!("user1=alice&user2=bob&limit={limit}"))
+            .await;
+        assert_eq!(status, 200);
+        let start = hex.len().saturating_sub(limit);
+        assert_eq!(page(&latest), hex[start..], "latest {limit}");
+        for anchor in [3usize, 11, 12, 20, 35, 49] {
+            let (_, before) = stack
+                .history(
+                    &ta,
+                    &format!("user1=alice&user2=bob&limit={limit}&before={}", hex[anchor]),
+                )
+                .await;
+            assert_eq!(
+                page(&before),
+                hex[anchor.saturating_sub(limit)..anchor],
+                "before {anchor}, limit {limit}"
+            );
+            let (_, after) = stack
+                .history(
+                    &ta,
+                    &format!("user1=alice&user2=bob&limit={limit}&after={}", hex[anchor]),
+                )
+                .await;
+            let end = (anchor + 1 + limit).min(hex.len());
+            assert_eq!(
+                page(&after),
+                hex[anchor + 1..end],
+                "after {anchor}, limit {limit}"
+            );
+        }
+    }
+}

@@ -138,6 +138,19 @@ pub async fn connect(target: &Target, token: &str) -> anyhow::Result<Socket> {
     Ok(socket)
 }
 
+/// The websocket replica's metrics URL: `explicit`, or the websocket URL's host with http.
+pub fn ws_metrics_url(target: &Target, explicit: Option<&str>) -> String {
+    explicit.map_or_else(
+        || {
+            format!(
+                "{}/metrics",
+                target.ws.replacen("ws", "http", 1).trim_end_matches('/')
+            )
+        },
+        str::to_owned,
+    )
+}
+
 /// A gauge or counter value from a Prometheus endpoint (the first sample named `name`).
 pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<f64> {
     let text = http

@@ -27,12 +27,7 @@ pub struct Args {
 pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<Report> {
     anyhow::ensure!(args.count > 0, "count must be positive");
     let http = client::http_client();
-    let metrics_url = args.metrics.clone().unwrap_or_else(|| {
-        format!(
-            "{}/metrics",
-            target.ws.replacen("ws", "http", 1).trim_end_matches('/')
-        )
-    });
+    let metrics_url = client::ws_metrics_url(target, args.metrics.as_deref());
     let user = client::make_user(&http, target, &format!("{}_conn", client::run_prefix())).await?;
     // One socket first, so the baseline includes what any connection initialises once.
     let first = client::connect(target, &user.token).await?;

@@ -1,18 +1,23 @@
 //! `fanout`: M recipients on one websocket-service replica; `new_message` events published
 //! straight to the exchange, as fast as the replica absorbs them (at most `window` events
 //! published and not yet delivered). The websocket path alone.
+//!
+//! The tool shares the machine with the system it measures, so it is kept cheap: each event
+//! carries its own publish time in its content (no shared lookup per frame), readers keep their
+//! own tallies (no lock per frame), and events are published in batches so a publish does not
+//! cost a round trip to lapin's I/O thread each.
 
 use std::{
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use chat_common::time::{now_millis, rfc3339_millis};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, future::try_join_all};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties, ExchangeKind,
     options::{BasicPublishOptions, ExchangeDeclareOptions},
@@ -28,7 +33,7 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Connected recipients.
+    /// Connected recipients (one socket each).
     #[arg(long, default_value_t = 1000)]
     pub recipients: usize,
     /// Measured seconds.
@@ -40,6 +45,13 @@ pub struct Args {
     /// Events published but not yet delivered, at most (the queueing a client adds to latency).
     #[arg(long, default_value_t = 400)]
     pub window: u64,
+    /// Events handed to the AMQP client at once.
+    #[arg(long, default_value_t = 64)]
+    pub batch: u64,
+    /// Senders are connected users too: each event also reaches its sender's socket (the
+    /// multi-device echo), so it makes two deliveries instead of one.
+    #[arg(long)]
+    pub echo: bool,
     /// RabbitMQ URL.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp: String,
@@ -49,70 +61,101 @@ pub struct Args {
     /// Draw the latency distribution and the rate over time into this SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// The replica's metrics URL, for its CPU time (default: the websocket URL's host with
+    /// http and /metrics).
+    #[arg(long)]
+    pub metrics: Option<String>,
 }
+
+const CPU: &str = "process_cpu_seconds_total";
 
 struct Shared {
     t0: Instant,
-    /// Publish time (ns from t0) by sequence number.
-    published: Mutex<Vec<u64>>,
-    delivered: AtomicU64,
-    measured_from: AtomicU64,
-    latency: Mutex<Latency>,
-    per_sec: Vec<AtomicU64>,
+    /// Frames received, for the publisher's window.
+    frames: AtomicU64,
+    /// Events published before this time (ns from t0) are warm-up.
+    measured_from_ns: AtomicU64,
 }
 
-#[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+impl Shared {
+    fn ns(&self, at: Instant) -> u64 {
+        u64::try_from(at.duration_since(self.t0).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What one reader saw: latencies in µs of measured frames, and frames per second since t0.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    per_sec: Vec<u32>,
+}
+
+/// `(seq, publish ns)` from a frame whose content is `fanout <seq> <ns>`.
+fn stamp(frame: &str) -> Option<(u64, u64)> {
+    const KEY: &str = "\"content\":\"fanout ";
+    let rest = &frame[frame.find(KEY)? + KEY.len()..];
+    let (content, _) = rest.split_once('"')?;
+    let (seq, ns) = content.split_once(' ')?;
+    Some((seq.parse().ok()?, ns.parse().ok()?))
+}
+
+async fn read(
+    mut socket: client::Socket,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            msg = socket.next() => msg,
+        };
+        let Some(Ok(msg)) = msg else { break };
+        let Message::Text(text) = msg else { continue };
+        let Some((_, published)) = stamp(&text) else {
+            continue;
+        };
+        let now = shared.ns(Instant::now());
+        shared.frames.fetch_add(1, Ordering::Relaxed);
+        let second = usize::try_from(now / 1_000_000_000).unwrap_or(usize::MAX);
+        if tally.per_sec.len() <= second {
+            tally.per_sec.resize(second + 1, 0);
+        }
+        tally.per_sec[second] += 1;
+        if published >= shared.measured_from_ns.load(Ordering::Relaxed) {
+            let us = now.saturating_sub(published) / 1000;
+            tally
+                .latencies_us
+                .push(u32::try_from(us).unwrap_or(u32::MAX));
+        }
+    }
+    tally
+}
+
+#[allow(clippy::cast_precision_loss)]
 // One straight-line scenario: set up, drive, drain, report.
 #[allow(clippy::too_many_lines)]
 pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<Report> {
     anyhow::ensure!(
-        args.recipients > 0 && args.duration > 0,
-        "recipients and duration must be positive"
+        args.recipients > 1 && args.duration > 0 && args.window > 0 && args.batch > 0,
+        "recipients must be at least 2; duration, window and batch positive"
     );
     let http = client::http_client();
     let prefix = client::run_prefix();
     let bar = client::progress(args.recipients as u64, "users", as_json);
     let users = client::make_users(&http, target, &prefix, args.recipients, 8).await?;
     bar.finish_and_clear();
-    let seconds = (args.warmup + args.duration + 10) as usize;
     let shared = Arc::new(Shared {
         t0: Instant::now(),
-        published: Mutex::new(Vec::with_capacity(1 << 20)),
-        delivered: AtomicU64::new(0),
-        measured_from: AtomicU64::new(u64::MAX),
-        latency: Mutex::default(),
-        per_sec: (0..seconds).map(|_| AtomicU64::new(0)).collect(),
+        frames: AtomicU64::new(0),
+        measured_from_ns: AtomicU64::new(u64::MAX),
     });
-
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut readers = Vec::new();
     for u in &users {
-        let mut socket = client::connect(target, &u.token).await?;
-        let shared = shared.clone();
-        readers.push(tokio::spawn(async move {
-            while let Some(Ok(msg)) = socket.next().await {
-                let Message::Text(text) = msg else { continue };
-                let Some(seq) = client::content_number(&text, "fanout ") else {
-                    continue;
-                };
-                let now = Instant::now();
-                let sent = shared.published.lock().expect("lock").get(seq).copied();
-                shared.delivered.fetch_add(1, Ordering::Relaxed);
-                let second = now.duration_since(shared.t0).as_secs() as usize;
-                if let Some(c) = shared.per_sec.get(second) {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(sent) = sent
-                    && seq as u64 >= shared.measured_from.load(Ordering::Relaxed)
-                {
-                    let at = now.duration_since(shared.t0).as_nanos() as u64;
-                    shared
-                        .latency
-                        .lock()
-                        .expect("lock")
-                        .record(Duration::from_nanos(at.saturating_sub(sent)));
-                }
-            }
-        }));
+        let socket = client::connect(target, &u.token).await?;
+        readers.push(tokio::spawn(read(socket, shared.clone(), stop_rx.clone())));
     }
 
     let conn = Connection::connect(&args.amqp, ConnectionProperties::default()).await?;
@@ -125,65 +168,95 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
             FieldTable::default(),
         )
         .await?;
-    let names: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
+    let metrics_url = client::ws_metrics_url(target, args.metrics.as_deref());
+    let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+    let outsider = format!("{prefix}_outsider");
+    let per_event: u64 = if args.echo { 2 } else { 1 };
     let started = Instant::now();
     let warm_end = started + Duration::from_secs(args.warmup);
     let end = warm_end + Duration::from_secs(args.duration);
     let bar = client::progress(args.warmup + args.duration, "fanout", as_json);
     let mut seq: u64 = 0;
     let mut measured_start = None;
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
     while Instant::now() < end {
         let now = Instant::now();
         if measured_start.is_none() && now >= warm_end {
-            shared.measured_from.store(seq, Ordering::Relaxed);
-            measured_start = Some((now, shared.delivered.load(Ordering::Relaxed)));
+            shared
+                .measured_from_ns
+                .store(shared.ns(now), Ordering::Relaxed);
+            let cpu = client::metric(&http, &metrics_url, CPU).await?;
+            measured_start = Some((now, shared.frames.load(Ordering::Relaxed), cpu));
         }
         bar.set_position(now.duration_since(started).as_secs());
-        if seq - shared.delivered.load(Ordering::Relaxed) >= args.window {
+        let in_flight = (seq * per_event).saturating_sub(shared.frames.load(Ordering::Relaxed));
+        let room = args.window.saturating_sub(in_flight) / per_event;
+        if room == 0 {
             tokio::time::sleep(Duration::from_micros(200)).await;
             continue;
         }
-        let recipient = &names[(seq as usize) % names.len()];
-        let body = serde_json::json!({"type": "new_message", "data": {
-            "_id": format!("{seq:024x}"), "sender": format!("{prefix}_fanout"), "recipient": recipient,
-            "content": format!("fanout {seq}"), "timestamp": rfc3339_millis(now_millis())}});
-        shared
-            .published
-            .lock()
-            .expect("lock")
-            .push(Instant::now().duration_since(shared.t0).as_nanos() as u64);
-        channel
-            .basic_publish(
+        let timestamp = rfc3339_millis(now_millis());
+        payloads.clear();
+        for _ in 0..room.min(args.batch) {
+            let i = usize::try_from(seq).unwrap_or(0) % names.len();
+            let recipient = names[i];
+            // With echo, the sender is the next connected user; otherwise someone offline.
+            let sender = if args.echo {
+                names[(i + 1) % names.len()]
+            } else {
+                &outsider
+            };
+            let ns = shared.ns(Instant::now());
+            // Names are [A-Za-z0-9_]: no JSON escaping needed.
+            payloads.push(
+                format!(
+                    r#"{{"type":"new_message","data":{{"_id":"{seq:024x}","sender":"{sender}","recipient":"{recipient}","content":"fanout {seq} {ns}","timestamp":"{timestamp}"}}}}"#
+                )
+                .into_bytes(),
+            );
+            seq += 1;
+        }
+        try_join_all(payloads.iter().map(|p| {
+            channel.basic_publish(
                 args.exchange.clone().into(),
                 "".into(),
                 BasicPublishOptions::default(),
-                &serde_json::to_vec(&body)?,
+                p,
                 BasicProperties::default(),
             )
-            .await?;
-        seq += 1;
+        }))
+        .await?;
     }
-    let (t_start, d_start) = measured_start.unwrap_or((started, 0));
+    let cpu_end = client::metric(&http, &metrics_url, CPU).await?;
+    let (t_start, f_start, cpu_start) = measured_start.unwrap_or((started, 0, 0.0));
     let elapsed = t_start.elapsed().as_secs_f64();
-    let delivered_in_window = shared.delivered.load(Ordering::Relaxed) - d_start;
+    let frames_in_window = shared.frames.load(Ordering::Relaxed) - f_start;
+    let cpu = cpu_end - cpu_start;
     bar.finish_and_clear();
     // Let the in-flight ones land before reporting the tail.
+    let expected = seq * per_event;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while shared.delivered.load(Ordering::Relaxed) < seq && Instant::now() < deadline {
+    while shared.frames.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let undelivered = seq - shared.delivered.load(Ordering::Relaxed);
+    let undelivered = expected.saturating_sub(shared.frames.load(Ordering::Relaxed));
+    let _ = stop_tx.send(true);
+    let mut latency = Latency::default();
+    let mut per_sec: Vec<f64> = Vec::new();
     for r in readers {
-        r.abort();
+        let tally = r.await?;
+        for us in tally.latencies_us {
+            latency.record(Duration::from_micros(u64::from(us)));
+        }
+        if per_sec.len() < tally.per_sec.len() {
+            per_sec.resize(tally.per_sec.len(), 0.0);
+        }
+        for (total, n) in per_sec.iter_mut().zip(tally.per_sec) {
+            *total += f64::from(n);
+        }
     }
     let _ = conn.close(200, "done".into()).await;
-    let latency = shared.latency.lock().expect("lock").clone();
     if let Some(path) = &args.plot {
-        let per_sec: Vec<f64> = shared
-            .per_sec
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed) as f64)
-            .collect();
         plot::draw(
             path,
             &format!("fanout: {} recipients on one replica", args.recipients),
@@ -191,15 +264,37 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
             &[("deliveries/s", per_sec)],
         )?;
     }
+    let deliveries_per_sec = frames_in_window as f64 / elapsed.max(0.001);
     let mut report = Report::new("fanout: exchange -> one websocket-service replica");
     report
         .set("recipients", args.recipients)
+        .set("sockets_per_event", per_event)
         .set("published", seq)
         .set(
-            "deliveries_per_sec",
-            round(delivered_in_window as f64 / elapsed.max(0.001)),
+            "events_per_sec",
+            round(deliveries_per_sec / per_event as f64),
         )
+        .set("deliveries_per_sec", round(deliveries_per_sec))
         .set("undelivered_after_5s", undelivered)
-        .latency("delivery_latency", &latency);
+        .latency("delivery_latency", &latency)
+        // The replica's own cost, whatever else shares the machine (its process CPU counter
+        // has a resolution of one second, hence the long measured window).
+        .set("replica_cpu_cores", round(cpu / elapsed.max(0.001)))
+        .set(
+            "replica_cpu_us_per_delivery",
+            round(cpu * 1e6 / (frames_in_window.max(1) as f64)),
+        );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamp;
+
+    #[test]
+    fn reads_the_stamp_from_a_frame() {
+        let frame = r#"{"type":"new_message","_id":"1","sender":"a","recipient":"b","content":"fanout 12 345","timestamp":"t"}"#;
+        assert_eq!(stamp(frame), Some((12, 345)));
+        assert_eq!(stamp(r#"{"content":"hello"}"#), None);
+    }
 }

@@ -136,19 +136,35 @@ impl MongoMessageStore {
             Page::Latest { .. } => self.newest_hint(from, to),
             Page::Before { id, .. } | Page::After { id, .. } => Some(id),
         };
-        for step in near.map_or(&[][..], |_| &NEAR_STEPS[..]) {
+        // An `after` anchor from the last couple of minutes (a reconnecting client's catch-up):
+        // what follows it is at most that much of the conversation, read in one query once the
+        // ids right after the anchor do not fill the page.
+        let recent_after =
+            matches!(page, Page::After { .. }) && anchor + RECENT_AFTER >= now_secs();
+        let steps = match near {
+            None => &[][..],
+            Some(_) if recent_after => &NEAR_STEPS[..2],
+            Some(_) => &NEAR_STEPS[..],
+        };
+        for &(step, crossing) in steps {
             let id = near.expect("near steps only with an anchor id");
+            let step = i64::from(step);
             let range = match page {
-                Page::Latest { .. } => doc! { "$gte": shift(id, -i128::from(*step)) },
+                Page::Latest { .. } => doc! { "$gte": writer_bound(id, -step, crossing) },
                 Page::Before { id, .. } => {
-                    doc! { "$lt": id, "$gte": shift(id, -i128::from(*step)) }
+                    doc! { "$lt": id, "$gte": writer_bound(id, -step, crossing) }
                 }
-                Page::After { id, .. } => doc! { "$gt": id, "$lt": shift(id, i128::from(*step)) },
+                Page::After { id, .. } => {
+                    doc! { "$gt": id, "$lt": writer_bound(id, step, crossing) }
+                }
             };
             let found = self.scan(from, to, page, Some(range)).await?;
             if found.len() >= limit {
                 return Ok(self.seen(from, to, page, found));
             }
+        }
+        if recent_after {
+            return self.scan(from, to, page, None).await;
         }
         for window in WINDOWS {
             let mut range = Document::new();
@@ -215,15 +231,22 @@ impl MongoMessageStore {
         let messages = &self.messages;
         let sort: Document = doc! { "_id": sort };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.timed(async move {
-            let mut cursor = messages.find(filter).sort(sort).limit(limit).await?;
-            let mut out = Vec::new();
-            while cursor.advance().await? {
-                out.push(Message::from(cursor.deserialize_current()?));
-            }
-            Ok(out)
-        })
-        .await
+        let started = std::time::Instant::now();
+        let shown = tracing::enabled!(tracing::Level::TRACE).then(|| filter.to_string());
+        let found = self
+            .timed(async move {
+                let mut cursor = messages.find(filter).sort(sort).limit(limit).await?;
+                let mut out = Vec::new();
+                while cursor.advance().await? {
+                    out.push(Message::from(cursor.deserialize_current()?));
+                }
+                Ok(out)
+            })
+            .await?;
+        if let Some(filter) = shown {
+            tracing::trace!(%filter, found = found.len(), elapsed = ?started.elapsed(), "history range scan");
+        }
+        Ok(found)
     }
 }
 
@@ -232,19 +255,41 @@ impl MongoMessageStore {
 const WINDOWS: [u64; 12] = [
     1, 4, 16, 64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304,
 ];
-/// Distances, in ObjectId order, tried around an anchor id before time windows.
-const NEAR_STEPS: [u32; 3] = [1 << 7, 1 << 10, 1 << 15];
+/// Distances in the anchor writer's id sequence, and whether the bound crosses into the next
+/// (or previous) second, tried around an anchor id before time windows.
+const NEAR_STEPS: [(u32, bool); 4] = [
+    (1 << 7, false),
+    (1 << 7, true),
+    (1 << 10, true),
+    (1 << 15, true),
+];
 
-/// `id` moved by `by` in ObjectId order (the 12 bytes as one big-endian number), saturating.
-fn shift(id: ObjectId, by: i128) -> ObjectId {
-    let mut wide = [0u8; 16];
-    wide[4..].copy_from_slice(&id.bytes());
-    let max = (1i128 << 96) - 1;
-    let moved = i128::from_be_bytes(wide).saturating_add(by).clamp(0, max);
-    let mut bytes = [0u8; 12];
-    bytes.copy_from_slice(&moved.to_be_bytes()[4..]);
-    ObjectId::from_bytes(bytes)
+/// A bound `by` ids away from `id` in its writer's sequence. An ObjectId is (second, process,
+/// counter), and a process's counter runs on across seconds: the ids a process handed out just
+/// before `id` are `(second, process, counter - n)`, or `(second - 1, …)` once `n` reaches back
+/// past the start of `id`'s second. The bound keeps the process and moves the counter by `by`
+/// (saturating); with `crossing`, it also moves the second by one towards `by`, so the range
+/// then also holds the rest of `id`'s second, which is small when the bound without crossing
+/// did not find enough.
+fn writer_bound(id: ObjectId, by: i64, crossing: bool) -> ObjectId {
+    let bytes = id.bytes();
+    let secs = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let counter = i64::from(u32::from_be_bytes([0, bytes[9], bytes[10], bytes[11]]));
+    let secs = match (crossing, by < 0) {
+        (false, _) => secs,
+        (true, true) => secs.saturating_sub(1),
+        (true, false) => secs.saturating_add(1),
+    };
+    let counter = u32::try_from(counter.saturating_add(by).clamp(0, 0x00ff_ffff)).unwrap_or(0);
+    let mut out = [0u8; 12];
+    out[..4].copy_from_slice(&secs.to_be_bytes());
+    out[4..9].copy_from_slice(&bytes[4..9]);
+    out[9..].copy_from_slice(&counter.to_be_bytes()[1..]);
+    ObjectId::from_bytes(out)
 }
+
+/// An `after` anchor at most this many seconds old is read to the end at once.
+const RECENT_AFTER: u64 = 60;
 
 /// How far ahead of our clock other writers' ids may be.
 const CLOCK_SKEW: u64 = 60;
@@ -291,12 +336,16 @@ impl MessageStore for MongoMessageStore {
     }
 
     async fn conversation(&self, a: &str, b: &str, page: Page) -> Result<Vec<Message>, StoreError> {
-        let forward = self.direction(a, b, page).await?;
-        let backward = if a == b {
-            Vec::new()
-        } else {
-            self.direction(b, a, page).await?
-        };
+        if a == b {
+            return Ok(merge_page(
+                self.direction(a, a, page).await?,
+                Vec::new(),
+                page,
+            ));
+        }
+        // The two directions are independent range scans: overlap their round trips.
+        let (forward, backward) =
+            tokio::try_join!(self.direction(a, b, page), self.direction(b, a, page))?;
         Ok(merge_page(forward, backward, page))
     }
 
@@ -311,16 +360,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shifting_ids_keeps_their_order() {
+    fn writer_bounds_follow_the_writers_sequence() {
         let id = ObjectId::parse_str("65b9f0c2a1b2c3d4e5000010").unwrap();
-        assert_eq!(shift(id, -0x20).to_hex(), "65b9f0c2a1b2c3d4e4fffff0");
-        assert_eq!(shift(id, 0x10).to_hex(), "65b9f0c2a1b2c3d4e5000020");
-        assert!(shift(id, -1) < id && id < shift(id, 1));
-        let zero = ObjectId::from_bytes([0; 12]);
-        assert_eq!(shift(zero, -5), zero);
+        // Same second, same process, counter moved (saturating).
         assert_eq!(
-            shift(ObjectId::from_bytes([0xff; 12]), 5).bytes(),
-            [0xff; 12]
+            writer_bound(id, -8, false).to_hex(),
+            "65b9f0c2a1b2c3d4e5000008"
         );
+        assert_eq!(
+            writer_bound(id, -0x20, false).to_hex(),
+            "65b9f0c2a1b2c3d4e5000000"
+        );
+        assert_eq!(
+            writer_bound(id, 0x10, false).to_hex(),
+            "65b9f0c2a1b2c3d4e5000020"
+        );
+        // Crossing: one second back (or ahead).
+        assert_eq!(
+            writer_bound(id, -8, true).to_hex(),
+            "65b9f0c1a1b2c3d4e5000008"
+        );
+        assert_eq!(
+            writer_bound(id, 0x10, true).to_hex(),
+            "65b9f0c3a1b2c3d4e5000020"
+        );
+        for crossing in [false, true] {
+            assert!(writer_bound(id, -1, crossing) < id && id < writer_bound(id, 1, crossing));
+        }
+        // The same writer's previous message, from the previous second, is in the crossing range.
+        let previous = ObjectId::parse_str("65b9f0c1a1b2c3d4e500000f").unwrap();
+        assert!(writer_bound(id, -1, true) <= previous);
+        let zero = ObjectId::from_bytes([0; 12]);
+        assert_eq!(writer_bound(zero, -5, true), zero);
+        let max = ObjectId::from_bytes([0xff; 12]);
+        assert_eq!(writer_bound(max, 5, true).bytes(), [0xff; 12]);
     }
 }
