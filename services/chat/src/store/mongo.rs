@@ -136,14 +136,14 @@ impl MongoMessageStore {
             Page::Latest { .. } => self.newest_hint(from, to),
             Page::Before { id, .. } | Page::After { id, .. } => Some(id),
         };
-        // An `after` anchor from the last couple of minutes (a reconnecting client's catch-up):
-        // what follows it is at most that much of the conversation, read in one query once the
+        // An `after` anchor from the last minute (a reconnecting client's catch-up):
+        // what follows it is at most a minute of the conversation, read in one query once the
         // ids right after the anchor do not fill the page.
         let recent_after =
             matches!(page, Page::After { .. }) && anchor + RECENT_AFTER >= now_secs();
         let steps = match near {
             None => &[][..],
-            Some(_) if recent_after => &NEAR_STEPS[..2],
+            Some(_) if recent_after => &NEAR_STEPS[..1],
             Some(_) => &NEAR_STEPS[..],
         };
         for &(step, crossing) in steps {
