@@ -393,37 +393,48 @@ async fn pages_are_exact_where_writers_interleave_across_a_second() {
     let (_, ta) = stack.user("alice").await;
     stack.user("bob").await;
     let client = mongodb::Client::with_uri_str(&stack.chat_db).await.unwrap();
-    let messages = client.default_database().unwrap().collection("messages");
-    // Three writers (process parts 0x01…, 0x02…, 0x03…) whose counters run on from one second
-    // into the next; the page limits below straddle the boundary and the writers.
-    let second = u32::try_from(chat_common::jwt::now_secs() - 30).unwrap();
-    let mut ids = Vec::new();
-    for (process, first_counter, count) in [(1u8, 0x00ff_fff0u32, 40u32), (2, 5, 7), (3, 900, 3)] {
-        for n in 0..count {
-            let counter = first_counter.wrapping_add(n) & 0x00ff_ffff;
-            // The first 12 of each writer in `second`, the rest in the next one.
-            let secs = second + u32::from(n >= 12);
-            let mut bytes = [0u8; 12];
-            bytes[..4].copy_from_slice(&secs.to_be_bytes());
-            bytes[4..9].copy_from_slice(&[process; 5]);
-            bytes[9..].copy_from_slice(&counter.to_be_bytes()[1..]);
-            ids.push(ObjectId::from_bytes(bytes));
+    let messages: mongodb::Collection<mongodb::bson::Document> =
+        client.default_database().unwrap().collection("messages");
+    // Writers (process part, first counter, count, how many fall in the first second) whose
+    // counters run on from one second into the next, one counter wrapping.
+    let plant = |second: u64, writers: &'static [(u8, u32, u32, u32)]| {
+        let messages = messages.clone();
+        async move {
+            let second = u32::try_from(second).unwrap();
+            let mut ids = Vec::new();
+            for &(process, first_counter, count, in_first) in writers {
+                for n in 0..count {
+                    let counter = first_counter.wrapping_add(n) & 0x00ff_ffff;
+                    let secs = second + u32::from(n >= in_first);
+                    let mut bytes = [0u8; 12];
+                    bytes[..4].copy_from_slice(&secs.to_be_bytes());
+                    bytes[4..9].copy_from_slice(&[process; 5]);
+                    bytes[9..].copy_from_slice(&counter.to_be_bytes()[1..]);
+                    ids.push(ObjectId::from_bytes(bytes));
+                }
+            }
+            for (i, id) in ids.iter().enumerate() {
+                let (sender, recipient) = if i % 3 == 0 {
+                    ("bob", "alice")
+                } else {
+                    ("alice", "bob")
+                };
+                messages
+                    .insert_one(doc! { "_id": id, "sender": sender, "recipient": recipient,
+                    "content": id.to_hex(), "timestamp": DateTime::now() })
+                    .await
+                    .unwrap();
+            }
+            ids
         }
-    }
-    for (i, id) in ids.iter().enumerate() {
-        let (sender, recipient) = if i % 3 == 0 {
-            ("bob", "alice")
-        } else {
-            ("alice", "bob")
-        };
-        messages
-            .insert_one(doc! { "_id": id, "sender": sender, "recipient": recipient,
-            "content": id.to_hex(), "timestamp": DateTime::now() })
-            .await
-            .unwrap();
-    }
-    ids.sort();
-    let hex: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
+    };
+    let now = chat_common::jwt::now_secs();
+    const WRITERS: &[(u8, u32, u32, u32)] =
+        &[(1, 0x00ff_fff0, 40, 12), (2, 5, 9, 4), (3, 900, 3, 3)];
+    // An hour old (after-anchors take the time-window path) and half a minute old (the recent
+    // path).
+    let mut ids = plant(now - 3600, WRITERS).await;
+    ids.extend(plant(now - 30, WRITERS).await);
     let page = |body: &serde_json::Value| -> Vec<String> {
         body["data"]
             .as_array()
@@ -432,37 +443,53 @@ async fn pages_are_exact_where_writers_interleave_across_a_second() {
             .map(|m| m["_id"].as_str().unwrap().to_owned())
             .collect()
     };
-    for limit in [1, 5, 20, 31, 50] {
-        let (status, latest) = stack
-            .history(&ta, &format!("user1=alice&user2=bob&limit={limit}"))
-            .await;
-        assert_eq!(status, 200);
-        let start = hex.len().saturating_sub(limit);
-        assert_eq!(page(&latest), hex[start..], "latest {limit}");
-        for anchor in [3usize, 11, 12, 20, 35, 49] {
-            let (_, before) = stack
-                .history(
-                    &ta,
-                    &format!("user1=alice&user2=bob&limit={limit}&before={}", hex[anchor]),
-                )
-                .await;
-            assert_eq!(
-                page(&before),
-                hex[anchor.saturating_sub(limit)..anchor],
-                "before {anchor}, limit {limit}"
-            );
-            let (_, after) = stack
-                .history(
-                    &ta,
-                    &format!("user1=alice&user2=bob&limit={limit}&after={}", hex[anchor]),
-                )
-                .await;
-            let end = (anchor + 1 + limit).min(hex.len());
-            assert_eq!(
-                page(&after),
-                hex[anchor + 1..end],
-                "after {anchor}, limit {limit}"
-            );
+    let check = |hex: Vec<String>, anchors: Vec<usize>| {
+        let (stack, ta) = (&stack, &ta);
+        async move {
+            for limit in [1, 5, 20, 31, 50] {
+                let (status, latest) = stack
+                    .history(ta, &format!("user1=alice&user2=bob&limit={limit}"))
+                    .await;
+                assert_eq!(status, 200);
+                let start = hex.len().saturating_sub(limit);
+                assert_eq!(page(&latest), hex[start..], "latest {limit}");
+                for &anchor in &anchors {
+                    let (_, before) = stack
+                        .history(
+                            ta,
+                            &format!("user1=alice&user2=bob&limit={limit}&before={}", hex[anchor]),
+                        )
+                        .await;
+                    assert_eq!(
+                        page(&before),
+                        hex[anchor.saturating_sub(limit)..anchor],
+                        "before {anchor}, limit {limit}"
+                    );
+                    let (_, after) = stack
+                        .history(
+                            ta,
+                            &format!("user1=alice&user2=bob&limit={limit}&after={}", hex[anchor]),
+                        )
+                        .await;
+                    let end = (anchor + 1 + limit).min(hex.len());
+                    assert_eq!(
+                        page(&after),
+                        hex[anchor + 1..end],
+                        "after {anchor}, limit {limit}"
+                    );
+                }
+            }
         }
-    }
+    };
+    let sorted = |ids: &mut Vec<ObjectId>| -> Vec<String> {
+        ids.sort();
+        ids.iter().map(|id| id.to_hex()).collect()
+    };
+    let hex = sorted(&mut ids);
+    check(hex, vec![3, 11, 12, 20, 35, 49, 51, 63, 70, 90, 103]).await;
+    // Newer messages from a writer with a lower process part, after the service has seen the
+    // newest id: the latest page must not stop at what it saw.
+    ids.extend(plant(now - 10, &[(0, 7, 6, 3)]).await);
+    let hex = sorted(&mut ids);
+    check(hex, vec![100, 104, 105, 109]).await;
 }

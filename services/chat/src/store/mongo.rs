@@ -136,8 +136,8 @@ impl MongoMessageStore {
             Page::Latest { .. } => self.newest_hint(from, to),
             Page::Before { id, .. } | Page::After { id, .. } => Some(id),
         };
-        // An `after` anchor from the last minute (a reconnecting client's catch-up):
-        // what follows it is at most a minute of the conversation, read in one query once the
+        // An `after` anchor from the last minute (a reconnecting client's catch-up): what
+        // follows it is usually about a minute of the conversation, read in one query once the
         // ids right after the anchor do not fill the page.
         let recent_after =
             matches!(page, Page::After { .. }) && anchor + RECENT_AFTER >= now_secs();
@@ -167,6 +167,13 @@ impl MongoMessageStore {
             return self.scan(from, to, page, None).await;
         }
         for window in WINDOWS {
+            // An `after` window reaching the present is read to the end instead, so ids from a
+            // writer whose clock runs ahead are not cut off.
+            if matches!(page, Page::After { .. })
+                && anchor.saturating_add(window) > now_secs() + CLOCK_SKEW
+            {
+                break;
+            }
             let mut range = Document::new();
             match page {
                 Page::Latest { .. } => {
@@ -181,10 +188,7 @@ impl MongoMessageStore {
                     range.insert("$lt", oid_at(anchor.saturating_add(window)));
                 }
             }
-            let reached_end = match page {
-                Page::After { .. } => anchor.saturating_add(window) > now_secs() + CLOCK_SKEW,
-                _ => anchor <= window,
-            };
+            let reached_end = !matches!(page, Page::After { .. }) && anchor <= window;
             let found = self.scan(from, to, page, Some(range)).await?;
             if found.len() >= limit || reached_end {
                 return Ok(self.seen(from, to, page, found));
@@ -269,8 +273,9 @@ const NEAR_STEPS: [(u32, bool); 4] = [
 /// before `id` are `(second, process, counter - n)`, or `(second - 1, …)` once `n` reaches back
 /// past the start of `id`'s second. The bound keeps the process and moves the counter by `by`
 /// (saturating); with `crossing`, it also moves the second by one towards `by`, so the range
-/// then also holds the rest of `id`'s second, which is small when the bound without crossing
-/// did not find enough.
+/// then also holds the rest of `id`'s second (for its writer, fewer than `|by|` ids when the
+/// bound without crossing did not find enough; other writers' ids of that second too). Only
+/// the cost of a probe depends on the bound: every probe's range reaches the anchor.
 fn writer_bound(id: ObjectId, by: i64, crossing: bool) -> ObjectId {
     let bytes = id.bytes();
     let secs = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
