@@ -429,12 +429,12 @@ async fn pages_are_exact_where_writers_interleave_across_a_second() {
         }
     };
     let now = chat_common::jwt::now_secs();
-    const WRITERS: &[(u8, u32, u32, u32)] =
+    let writers: &'static [(u8, u32, u32, u32)] =
         &[(1, 0x00ff_fff0, 40, 12), (2, 5, 9, 4), (3, 900, 3, 3)];
     // An hour old (after-anchors take the time-window path) and half a minute old (the recent
     // path).
-    let mut ids = plant(now - 3600, WRITERS).await;
-    ids.extend(plant(now - 30, WRITERS).await);
+    let mut ids = plant(now - 3600, writers).await;
+    ids.extend(plant(now - 30, writers).await);
     let page = |body: &serde_json::Value| -> Vec<String> {
         body["data"]
             .as_array()
