@@ -176,6 +176,17 @@ impl Stack {
         }
     }
 
+    /// chat-service's `messages` collection, to plant documents as other writers wrote them.
+    pub async fn messages(&self) -> mongodb::Collection<mongodb::bson::Document> {
+        let client = mongodb::Client::with_uri_str(&self.chat_db)
+            .await
+            .expect("chat database URL");
+        client
+            .default_database()
+            .expect("chat database named in its URL")
+            .collection("messages")
+    }
+
     /// Registers and logs in `username`; returns (id, token).
     pub async fn user(&self, username: &str) -> (String, String) {
         let body = json!({ "username": username, "password": "password-123" });
@@ -263,6 +274,16 @@ impl Stack {
     pub async fn connect(&self, replica: usize, token: &str) -> Client {
         Client::connect(&format!("ws://{}/?token={token}", self.ws[replica].addr)).await
     }
+}
+
+/// `field` of every message of a history answer (`{"data": [...]}`), in order.
+pub fn page_field(body: &Value, field: &str) -> Vec<String> {
+    body["data"]
+        .as_array()
+        .expect("a history answer")
+        .iter()
+        .map(|m| m[field].as_str().expect("a string field").to_owned())
+        .collect()
 }
 
 /// The integer value of the first sample of metric `name` (counters and gauges).

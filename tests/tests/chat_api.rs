@@ -1,6 +1,6 @@
 //! chat-service's API over real HTTP: authorization, validation and pagination.
 
-use e2e_tests::{SECRET, Stack, forge_token, metric};
+use e2e_tests::{SECRET, Stack, forge_token, metric, page_field};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,14 +171,7 @@ async fn history_pages_both_directions_oldest_first() {
             stack.send(&tc, "alice", "other conversation").await; // must never show up
         }
     }
-    let contents = |body: &serde_json::Value| -> Vec<String> {
-        body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["content"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let contents = |body: &serde_json::Value| page_field(body, "content");
     let expect = |r: std::ops::Range<usize>| r.map(|i| format!("m{i}")).collect::<Vec<_>>();
 
     let (_, latest) = stack.history(&ta, "user1=alice&user2=bob").await;
@@ -325,8 +318,7 @@ async fn history_written_by_the_original_reads_and_pages_across_months() {
     let (_, ta) = stack.user("alice").await;
     stack.user("bob").await;
     // Documents as the original's Mongoose model wrote them, spread over 90 days.
-    let client = mongodb::Client::with_uri_str(&stack.chat_db).await.unwrap();
-    let messages = client.default_database().unwrap().collection("messages");
+    let messages = stack.messages().await;
     let now = chat_common::jwt::now_secs();
     let ages = [90 * 86_400, 40 * 86_400, 2 * 86_400, 5 * 3600, 600, 30, 1];
     let mut planted = Vec::new();
@@ -348,14 +340,7 @@ async fn history_written_by_the_original_reads_and_pages_across_months() {
             .unwrap();
         planted.push(id.to_hex());
     }
-    let contents = |body: &serde_json::Value| -> Vec<String> {
-        body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["content"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let contents = |body: &serde_json::Value| page_field(body, "content");
     let (status, all) = stack.history(&ta, "user1=alice&user2=bob").await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -392,9 +377,7 @@ async fn pages_are_exact_where_writers_interleave_across_a_second() {
     let stack = Stack::start(0).await;
     let (_, ta) = stack.user("alice").await;
     stack.user("bob").await;
-    let client = mongodb::Client::with_uri_str(&stack.chat_db).await.unwrap();
-    let messages: mongodb::Collection<mongodb::bson::Document> =
-        client.default_database().unwrap().collection("messages");
+    let messages = stack.messages().await;
     // Writers (process part, first counter, count, how many fall in the first second) whose
     // counters run on from one second into the next, one counter wrapping.
     let plant = |second: u64, writers: &'static [(u8, u32, u32, u32)]| {
@@ -435,14 +418,7 @@ async fn pages_are_exact_where_writers_interleave_across_a_second() {
     // path).
     let mut ids = plant(now - 3600, writers).await;
     ids.extend(plant(now - 30, writers).await);
-    let page = |body: &serde_json::Value| -> Vec<String> {
-        body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["_id"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let page = |body: &serde_json::Value| page_field(body, "_id");
     let check = |hex: Vec<String>, anchors: Vec<usize>| {
         let (stack, ta) = (&stack, &ta);
         async move {

@@ -67,13 +67,7 @@ pub async fn make_user(
     target: &Target,
     name: &str,
 ) -> anyhow::Result<User> {
-    let creds = json!({ "username": name, "password": "bench-password-1" });
-    let r = http
-        .post(format!("{}/auth/register", target.auth))
-        .json(&creds)
-        .send()
-        .await
-        .with_context(|| format!("auth-service unreachable at {}", target.auth))?;
+    let r = post_credentials(http, target, "register", name).await?;
     if !r.status().is_success() && r.status() != 409 {
         bail!(
             "register {name}: {} {}",
@@ -85,12 +79,7 @@ pub async fn make_user(
 }
 
 pub async fn login(http: &reqwest::Client, target: &Target, name: &str) -> anyhow::Result<User> {
-    let creds = json!({ "username": name, "password": "bench-password-1" });
-    let r = http
-        .post(format!("{}/auth/login", target.auth))
-        .json(&creds)
-        .send()
-        .await?;
+    let r = post_credentials(http, target, "login", name).await?;
     if !r.status().is_success() {
         bail!(
             "login {name}: {} {}",
@@ -107,6 +96,20 @@ pub async fn login(http: &reqwest::Client, target: &Target, name: &str) -> anyho
         name: name.to_owned(),
         token,
     })
+}
+
+/// `POST /auth/<action>` with the tool's credentials for `name`.
+async fn post_credentials(
+    http: &reqwest::Client,
+    target: &Target,
+    action: &str,
+    name: &str,
+) -> anyhow::Result<reqwest::Response> {
+    http.post(format!("{}/auth/{action}", target.auth))
+        .json(&json!({ "username": name, "password": "bench-password-1" }))
+        .send()
+        .await
+        .with_context(|| format!("auth-service unreachable at {}", target.auth))
 }
 
 /// `POST /chat/send`; returns the HTTP status.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use plotters::prelude::*;
+use plotters::{coord::types::RangedCoordf64, prelude::*};
 
 use crate::report::Latency;
 
@@ -60,23 +60,13 @@ pub fn draw(
         })
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (i, (name, latency)) in latencies.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                latency.curve().into_iter().map(|(p, ms)| (nines(p), ms)),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    lines(
+        &mut chart,
+        latencies.iter().enumerate().map(|(i, (name, latency))| {
+            let points = latency.curve().into_iter().map(|(p, ms)| (nines(p), ms));
+            (*name, COLORS[i % COLORS.len()], points.collect())
+        }),
+    )?;
 
     #[allow(clippy::cast_precision_loss)]
     let seconds = rates.iter().map(|(_, v)| v.len()).max().unwrap_or(1).max(1) as f64;
@@ -98,14 +88,30 @@ pub fn draw(
         .y_desc("per second")
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (i, (name, values)) in rates.iter().enumerate() {
-        let color = COLORS[(i + 2) % COLORS.len()];
-        #[allow(clippy::cast_precision_loss)]
-        let points = values.iter().enumerate().map(|(s, v)| (s as f64, *v));
+    lines(
+        &mut chart,
+        rates.iter().enumerate().map(|(i, (name, values))| {
+            #[allow(clippy::cast_precision_loss)]
+            let points = values.iter().enumerate().map(|(s, v)| (s as f64, *v));
+            (*name, COLORS[(i + 2) % COLORS.len()], points.collect())
+        }),
+    )?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws named lines with a legend.
+fn lines<'a, 'b: 'a, 'n>(
+    chart: &mut Chart<'a, 'b>,
+    series: impl Iterator<Item = (&'n str, RGBColor, Vec<(f64, f64)>)>,
+) -> anyhow::Result<()> {
+    for (name, color, points) in series {
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(*name)
+            .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
     chart
@@ -114,6 +120,5 @@ pub fn draw(
         .background_style(WHITE.mix(0.8))
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

@@ -123,44 +123,29 @@ impl MongoMessageStore {
         to: &str,
         page: Page,
     ) -> Result<Vec<Message>, StoreError> {
-        let (limit, anchor) = match page {
-            Page::Latest { limit } => (
-                limit,
-                self.newest_hint(from, to).map_or(now_secs() + 1, id_secs),
-            ),
-            Page::Before { id, limit } | Page::After { id, limit } => (limit, id_secs(id)),
+        // First ids near the anchor in its writer's sequence, then widening time windows.
+        let (limit, near) = match page {
+            Page::Latest { limit } => (limit, self.newest_hint(from, to)),
+            Page::Before { id, limit } | Page::After { id, limit } => (limit, Some(id)),
         };
-        // First a few ids around the anchor (ids a process hands out in one second are
-        // consecutive), then widening time windows.
-        let near = match page {
-            Page::Latest { .. } => self.newest_hint(from, to),
-            Page::Before { id, .. } | Page::After { id, .. } => Some(id),
-        };
+        let anchor = near.map_or(now_secs() + 1, id_secs);
         // An `after` anchor from the last minute (a reconnecting client's catch-up): what
         // follows it is usually about a minute of the conversation, read in one query once the
         // ids right after the anchor do not fill the page.
         let recent_after =
             matches!(page, Page::After { .. }) && anchor + RECENT_AFTER >= now_secs();
-        let steps = match near {
-            None => &[][..],
-            Some(_) if recent_after => &NEAR_STEPS[..1],
-            Some(_) => &NEAR_STEPS[..],
-        };
-        for &(step, crossing) in steps {
-            let id = near.expect("near steps only with an anchor id");
-            let step = i64::from(step);
-            let range = match page {
-                Page::Latest { .. } => doc! { "$gte": writer_bound(id, -step, crossing) },
-                Page::Before { id, .. } => {
-                    doc! { "$lt": id, "$gte": writer_bound(id, -step, crossing) }
-                }
-                Page::After { id, .. } => {
-                    doc! { "$gt": id, "$lt": writer_bound(id, step, crossing) }
-                }
+        if let Some(id) = near {
+            let steps = if recent_after {
+                &NEAR_STEPS[..1]
+            } else {
+                &NEAR_STEPS[..]
             };
-            let found = self.scan(from, to, page, Some(range)).await?;
-            if found.len() >= limit {
-                return Ok(self.seen(from, to, page, found));
+            for &(step, crossing) in steps {
+                let range = near_range(page, id, i64::from(step), crossing);
+                let found = self.scan(from, to, page, Some(range)).await?;
+                if found.len() >= limit {
+                    return Ok(self.seen(from, to, page, found));
+                }
             }
         }
         if recent_after {
@@ -268,6 +253,16 @@ const NEAR_STEPS: [(u32, bool); 4] = [
     (1 << 15, true),
 ];
 
+/// The `_id` range of a probe `step` ids from the anchor `id` (the newest known id of a latest
+/// page, or the `before`/`after` id), open towards the anchor's side.
+fn near_range(page: Page, id: ObjectId, step: i64, crossing: bool) -> Document {
+    match page {
+        Page::Latest { .. } => doc! { "$gte": writer_bound(id, -step, crossing) },
+        Page::Before { .. } => doc! { "$lt": id, "$gte": writer_bound(id, -step, crossing) },
+        Page::After { .. } => doc! { "$gt": id, "$lt": writer_bound(id, step, crossing) },
+    }
+}
+
 /// A bound `by` ids away from `id` in its writer's sequence. An ObjectId is (second, process,
 /// counter), and a process's counter runs on across seconds: the ids a process handed out just
 /// before `id` are `(second, process, counter - n)`, or `(second - 1, …)` once `n` reaches back
@@ -367,28 +362,20 @@ mod tests {
     #[test]
     fn writer_bounds_follow_the_writers_sequence() {
         let id = ObjectId::parse_str("65b9f0c2a1b2c3d4e5000010").unwrap();
-        // Same second, same process, counter moved (saturating).
-        assert_eq!(
-            writer_bound(id, -8, false).to_hex(),
-            "65b9f0c2a1b2c3d4e5000008"
-        );
-        assert_eq!(
-            writer_bound(id, -0x20, false).to_hex(),
-            "65b9f0c2a1b2c3d4e5000000"
-        );
-        assert_eq!(
-            writer_bound(id, 0x10, false).to_hex(),
-            "65b9f0c2a1b2c3d4e5000020"
-        );
-        // Crossing: one second back (or ahead).
-        assert_eq!(
-            writer_bound(id, -8, true).to_hex(),
-            "65b9f0c1a1b2c3d4e5000008"
-        );
-        assert_eq!(
-            writer_bound(id, 0x10, true).to_hex(),
-            "65b9f0c3a1b2c3d4e5000020"
-        );
+        // Same process, counter moved (saturating); crossing also moves the second by one.
+        for (by, crossing, expected) in [
+            (-8, false, "65b9f0c2a1b2c3d4e5000008"),
+            (-0x20, false, "65b9f0c2a1b2c3d4e5000000"),
+            (0x10, false, "65b9f0c2a1b2c3d4e5000020"),
+            (-8, true, "65b9f0c1a1b2c3d4e5000008"),
+            (0x10, true, "65b9f0c3a1b2c3d4e5000020"),
+        ] {
+            assert_eq!(
+                writer_bound(id, by, crossing).to_hex(),
+                expected,
+                "{by} {crossing}"
+            );
+        }
         for crossing in [false, true] {
             assert!(writer_bound(id, -1, crossing) < id && id < writer_bound(id, 1, crossing));
         }
