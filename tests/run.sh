@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command. On a fresh machine it installs and starts what the tests need
-# (RabbitMQ from Debian's packages, the MongoDB-wire-compatible secantusdb server in a Python venv),
+# (RabbitMQ from Debian's packages, the MongoDB-wire-compatible secantusdb server in a Python venv,
+# a current kube-apiserver and etcd built once from the Go module proxy: tests/k8s/build.sh),
 # runs rustfmt, clippy and the whole workspace's tests against them, and stops what it started.
 #
 #   bash tests/run.sh                 # everything
@@ -16,6 +17,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/servers.sh"
 cd "$ROOT"
 ensure_rabbitmq
 ensure_secantus
+# The operator's tests need a real kube-apiserver; a run limited to other packages skips it.
+if [ $# -eq 0 ] || [[ " $* " == *" chat-operator "* ]] || [[ " $* " != *" -p "* ]]; then
+  ensure_kube_apiserver
+fi
 export TEST_RABBITMQ_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
 
 if [ "${SKIP_LINT:-0}" != 1 ]; then

@@ -75,3 +75,64 @@ ensure_secantus() {
   if ! wait_port 127.0.0.1 "$port" 60 "secantus"; then cat "$RUN_DIR/secantus.log" >&2; exit 1; fi
   export TEST_MONGODB_URL="mongodb://127.0.0.1:$port"
 }
+
+# Builds (once, cached by version; see tests/k8s/build.sh) and starts etcd and a current
+# kube-apiserver on loopback with throwaway storage; writes an admin kubeconfig and exports
+# TEST_KUBECONFIG. No kubelet or controller-manager: tests set child statuses themselves.
+ensure_kube_apiserver() {
+  local bin
+  bin="$(bash "$ROOT/tests/k8s/build.sh")"
+  if ! command -v kubectl >/dev/null 2>&1; then
+    log "kubectl is missing: building it from the same Kubernetes version"
+    WITH_KUBECTL=1 bash "$ROOT/tests/k8s/build.sh" >/dev/null
+    export PATH="$bin:$PATH"
+  fi
+  local dir="$RUN_DIR/k8s" etcd_port peer_port api_port
+  mkdir -p "$dir"
+  etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
+  "$bin/etcd" --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "default=http://127.0.0.1:$peer_port" --log-level error \
+    --quota-backend-bytes 1073741824 --unsafe-no-fsync >"$dir/etcd.log" 2>&1 &
+  EXTRA_PIDS+=($!)
+  if ! wait_port 127.0.0.1 "$etcd_port" 60 etcd; then cat "$dir/etcd.log" >&2; exit 1; fi
+  openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
+  local token
+  token="$(openssl rand -hex 16)"
+  echo "$token,admin,admin,system:masters" >"$dir/tokens.csv"
+  log "starting kube-apiserver on 127.0.0.1:$api_port"
+  "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 \
+    --secure-port "$api_port" --advertise-address 127.0.0.1 --cert-dir "$dir/certs" \
+    --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/16 --enable-priority-and-fairness=false \
+    --endpoint-reconciler-type none \
+    >"$dir/apiserver.log" 2>&1 &
+  EXTRA_PIDS+=($!)
+  cat >"$dir/kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: "https://127.0.0.1:$api_port", insecure-skip-tls-verify: true}
+users:
+- name: admin
+  user: {token: "$token"}
+contexts:
+- name: test
+  context: {cluster: test, user: admin, namespace: default}
+current-context: test
+KUBECONFIG
+  local deadline=$((SECONDS + 120))
+  until curl -ksf -H "Authorization: Bearer $token" "https://127.0.0.1:$api_port/readyz" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "kube-apiserver did not become ready within 120 s"; tail -n 40 "$dir/apiserver.log" >&2; exit 1
+    fi
+    sleep 0.5
+  done
+  export TEST_KUBECONFIG="$dir/kubeconfig"
+  log "kube-apiserver ready (TEST_KUBECONFIG=$TEST_KUBECONFIG)"
+}

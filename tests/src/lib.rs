@@ -43,9 +43,14 @@ pub async fn spawn_auth(database_url: &str) -> Running {
         auth_service::Config::from_env(&vars(&[("DATABASE_URL", database_url.to_owned())]))
             .unwrap();
     let store = Arc::new(
-        MongoUserStore::connect(database_url, "e2e", config.db_timeout)
-            .await
-            .unwrap(),
+        MongoUserStore::connect(
+            database_url,
+            config.database_name.as_deref(),
+            "e2e",
+            config.db_timeout,
+        )
+        .await
+        .unwrap(),
     );
     store
         .ensure_indexes()
@@ -81,9 +86,14 @@ pub async fn spawn_chat_with_broker(
     ]))
     .unwrap();
     let store = Arc::new(
-        MongoMessageStore::connect(database_url, "e2e", config.db_timeout)
-            .await
-            .unwrap(),
+        MongoMessageStore::connect(
+            database_url,
+            config.database_name.as_deref(),
+            "e2e",
+            config.db_timeout,
+        )
+        .await
+        .unwrap(),
     );
     store.ensure_indexes().await.unwrap();
     let publisher = AmqpPublisher::start(

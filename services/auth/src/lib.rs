@@ -34,6 +34,9 @@ pub struct Config {
     pub port: u16,
     /// `DATABASE_URL`, a MongoDB URL whose path names the database (`mongodb://db:27017/auth`).
     pub database_url: Option<String>,
+    /// `DATABASE_NAME`: the database, overriding `DATABASE_URL`'s path (which may then name none),
+    /// so one URL can serve both auth's and chat's databases.
+    pub database_name: Option<String>,
     /// `CHAT_DEV_MODE=true`: development defaults (JWT secret, embedded store without
     /// `DATABASE_URL`). Never set it in production.
     pub dev_mode: bool,
@@ -75,6 +78,7 @@ impl Config {
         Ok(Self {
             port: vars.parse_or("PORT", 5001)?,
             database_url: vars.string("DATABASE_URL"),
+            database_name: vars.database_name("DATABASE_NAME")?,
             dev_mode: vars.dev_mode()?,
             data_dir: vars
                 .string("DATA_DIR")

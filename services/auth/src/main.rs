@@ -54,8 +54,10 @@ async fn main() -> ExitCode {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let store: Arc<dyn UserStore> = match &config.database_url {
         Some(url) => {
-            let mongo =
-                Arc::new(MongoUserStore::connect(url, "auth-service", config.db_timeout).await?);
+            let name = config.database_name.as_deref();
+            let mongo = Arc::new(
+                MongoUserStore::connect(url, name, "auth-service", config.db_timeout).await?,
+            );
             match command {
                 Command::Serve => {
                     let indexing = mongo.clone();

@@ -387,7 +387,7 @@ async fn a_dead_database_gives_503_within_seconds_not_a_hang() {
     let config =
         auth_service::Config::from_env(&support::vars(url, &[("DB_TIMEOUT", "1s")])).unwrap();
     let store = std::sync::Arc::new(
-        auth_service::store::MongoUserStore::connect(url, "auth-test", config.db_timeout)
+        auth_service::store::MongoUserStore::connect(url, None, "auth-test", config.db_timeout)
             .await
             .unwrap(),
     );

@@ -31,6 +31,8 @@ pub struct Config {
     pub port: u16,
     /// `DATABASE_URL`, a MongoDB URL whose path names the database (`mongodb://db:27017/chat`).
     pub database_url: Option<String>,
+    /// `DATABASE_NAME`: as for auth-service (overrides `DATABASE_URL`'s path).
+    pub database_name: Option<String>,
     /// `RABBITMQ_URL` (`amqp://rabbitmq:5672`).
     pub rabbitmq_url: Option<String>,
     pub jwt: JwtSettings,
@@ -60,6 +62,7 @@ impl Config {
         Ok(Self {
             port: vars.parse_or("PORT", 5002)?,
             database_url: vars.string("DATABASE_URL"),
+            database_name: vars.database_name("DATABASE_NAME")?,
             rabbitmq_url: vars.amqp_url("RABBITMQ_URL")?,
             jwt: JwtSettings::from_env(vars)?,
             auth_service_url: vars.http_url_or("AUTH_SERVICE_URL", "http://localhost:5001")?,

@@ -21,8 +21,10 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let store: Arc<dyn MessageStore> = match &config.database_url {
         Some(url) => {
-            let mongo =
-                Arc::new(MongoMessageStore::connect(url, "chat-service", config.db_timeout).await?);
+            let name = config.database_name.as_deref();
+            let mongo = Arc::new(
+                MongoMessageStore::connect(url, name, "chat-service", config.db_timeout).await?,
+            );
             let indexing = mongo.clone();
             tokio::spawn(async move { indexing.ensure_indexes_with_retry().await });
             mongo

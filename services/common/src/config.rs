@@ -119,6 +119,20 @@ impl<S: Source> Vars<S> {
         }
     }
 
+    /// A MongoDB database name (`auth`), checked now rather than on the first database call.
+    /// Unlike other variables, a value of only blanks is an error, not unset: it is a templating
+    /// mistake, and falling back to the URL's database would put the data somewhere else.
+    pub fn database_name(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        let Some(raw) = self.0.get(name).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let v = raw.trim();
+        match crate::mongo::check_database_name(v) {
+            Ok(()) => Ok(Some(v.to_owned())),
+            Err(reason) => Err(ConfigError::malformed(name, raw, reason)),
+        }
+    }
+
     /// An `http://` or `https://` base URL, without a trailing slash.
     pub fn http_url_or(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
         let v = self.string(name).unwrap_or_else(|| default.to_owned());
@@ -249,5 +263,26 @@ mod tests {
         );
         assert!(v.positive_or::<u16>("Z", 5).is_err());
         assert!(v.nonzero_duration_or("P", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn database_names() {
+        let name = |value: &str| vars(&[("DATABASE_NAME", value)]).database_name("DATABASE_NAME");
+        assert_eq!(vars(&[]).database_name("DATABASE_NAME").unwrap(), None);
+        assert_eq!(name("").unwrap(), None);
+        assert_eq!(name(" chat ").unwrap().as_deref(), Some("chat"));
+        for bad in ["   ", "a.b", "a/b", "a b", "$x", &"x".repeat(64)] {
+            let err = name(bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Malformed {
+                        name: "DATABASE_NAME",
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! MongoDB plumbing shared by the stores: connecting to the database named in a URL, and calls
-//! bounded by a timeout, so a dead database gives an error within seconds, never a hang.
+//! MongoDB plumbing shared by the stores: connecting to the database named in a URL (or by
+//! `DATABASE_NAME`), and calls bounded by a timeout, so a dead database gives an error within
+//! seconds, never a hang.
 
 use std::{future::Future, future::IntoFuture, time::Duration};
 
@@ -23,10 +24,31 @@ pub enum CallError {
     Unavailable(String),
 }
 
-/// Opens (lazily: the driver connects on first use) the database named in `url`'s path.
-/// `example` shows the expected form in the error when the name is missing.
+/// Longest database name MongoDB accepts, in bytes.
+const MAX_NAME_BYTES: usize = 63;
+
+/// Checks a database name against MongoDB's rules, so a bad `DATABASE_NAME` stops start-up
+/// instead of failing every call later.
+pub fn check_database_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if let Some(c) = name.chars().find(|c| "/\\. \"$\0".contains(*c)) {
+        return Err(format!(
+            "must not contain {c:?} (nor any of / \\ . space \" $ NUL)"
+        ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!("must be at most {MAX_NAME_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+/// Opens (lazily: the driver connects on first use) the database `name` if given, else the one
+/// named in `url`'s path. `example` shows the expected form in the error when neither names one.
 pub async fn connect(
     url: &str,
+    name: Option<&str>,
     app_name: &str,
     op_timeout: Duration,
     example: &str,
@@ -34,10 +56,18 @@ pub async fn connect(
     let mut options = ClientOptions::parse(url)
         .await
         .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a MongoDB URL: {e}"))?;
-    let name = options
-        .default_database
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("DATABASE_URL must name the database, e.g. {example}"))?;
+    // The override only picks the database: credentials still authenticate where the URL says
+    // (its `authSource`, else its path, else `admin`), as parsing has already settled.
+    let name = match name {
+        Some(name) => {
+            check_database_name(name)
+                .map_err(|reason| anyhow::anyhow!("DATABASE_NAME {name:?} {reason}"))?;
+            name.to_owned()
+        }
+        None => options.default_database.clone().ok_or_else(|| {
+            anyhow::anyhow!("DATABASE_URL must name the database, e.g. {example}")
+        })?,
+    };
     options.app_name = Some(app_name.to_owned());
     options.server_selection_timeout.get_or_insert(op_timeout);
     options.connect_timeout.get_or_insert(op_timeout);
@@ -82,4 +112,80 @@ where
         tokio::time::sleep(delay).await;
     }
     tracing::info!("{what} done");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn database_names_follow_mongodbs_rules() {
+        for ok in ["auth", "chat", "chat_prod-2", "Ünïcode", &"x".repeat(63)] {
+            assert!(check_database_name(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "  ", "a/b", "a\\b", "a.b", "a b", "a\"b", "$a", "a\0b"] {
+            assert!(check_database_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_database_name(&"x".repeat(64)).is_err());
+        // Bytes, not characters: 32 two-byte characters are 64 bytes.
+        assert!(check_database_name(&"é".repeat(32)).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_name_overrides_the_urls_path() {
+        // The driver connects lazily, so no server is needed to see which database is chosen.
+        let named = "mongodb://127.0.0.1:9/fromurl";
+        let db = connect(named, None, "t", LIMIT, "e").await.unwrap();
+        assert_eq!(db.name(), "fromurl");
+        let db = connect(named, Some("chat"), "t", LIMIT, "e").await.unwrap();
+        assert_eq!(db.name(), "chat");
+        let bare = "mongodb://u:p@127.0.0.1:9,127.0.0.1:10/?replicaSet=rs0&authSource=admin";
+        let db = connect(bare, Some("auth"), "t", LIMIT, "e").await.unwrap();
+        assert_eq!(db.name(), "auth");
+
+        let err = connect(bare, None, "t", LIMIT, "mongodb://db:27017/auth")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "DATABASE_URL must name the database, e.g. mongodb://db:27017/auth"
+        );
+        let err = connect(bare, Some("a.b"), "t", LIMIT, "e")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DATABASE_NAME"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_url_without_a_database_serves_the_named_one() {
+        let bare = testing::with_database(&testing::mongodb_url(), "");
+        let name = testing::unique_name("dbname");
+        let db = connect(&bare, Some(&name), "mongo-test", LIMIT, "e")
+            .await
+            .unwrap();
+        let probe = db.collection::<mongodb::bson::Document>("probe");
+        timed(LIMIT, probe.insert_one(mongodb::bson::doc! { "k": 1 }))
+            .await
+            .unwrap();
+
+        // Read back through the URL naming that database: the write landed there.
+        let named = testing::with_database(&bare, &name);
+        let db = connect(&named, None, "mongo-test", LIMIT, "e")
+            .await
+            .unwrap();
+        let found = timed(
+            LIMIT,
+            db.collection::<mongodb::bson::Document>("probe")
+                .count_documents(mongodb::bson::doc! { "k": 1 }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(found, 1);
+        let _ = timed(LIMIT, db.drop()).await;
+    }
 }

@@ -166,16 +166,20 @@ where
 
 type Stores = (Arc<dyn UserStore>, Arc<dyn MessageStore>);
 
-/// MongoDB when `DATABASE_URL` is set (users and messages in that one database), else embedded.
+/// MongoDB when `DATABASE_URL` is set (users and messages in that one database, or in
+/// `DATABASE_NAME`), else embedded.
 async fn stores(
     auth: &auth_service::Config,
     chat: &chat_service::Config,
     data_dir: &Path,
 ) -> anyhow::Result<Stores> {
     if let Some(url) = &auth.database_url {
-        let users = Arc::new(MongoUserStore::connect(url, "chat-stack", auth.db_timeout).await?);
+        // Both configs read the same environment, so both name the same database.
+        let name = auth.database_name.as_deref();
+        let users =
+            Arc::new(MongoUserStore::connect(url, name, "chat-stack", auth.db_timeout).await?);
         let messages =
-            Arc::new(MongoMessageStore::connect(url, "chat-stack", chat.db_timeout).await?);
+            Arc::new(MongoMessageStore::connect(url, name, "chat-stack", chat.db_timeout).await?);
         users.ensure_indexes().await?;
         messages.ensure_indexes().await?;
         return Ok((users, messages));

@@ -1,5 +1,5 @@
-//! MongoDB user store: collection `users` of the database named in `DATABASE_URL`, with the
-//! original system's field names (`_id`, `username`, `password`).
+//! MongoDB user store: collection `users` of the database named in `DATABASE_URL` (or
+//! `DATABASE_NAME`), with the original system's field names (`_id`, `username`, `password`).
 
 use std::{
     future::IntoFuture,
@@ -45,9 +45,15 @@ pub struct MongoUserStore {
 }
 
 impl MongoUserStore {
-    /// Connects lazily (the driver connects on first use) to the database named in `url`'s path.
-    pub async fn connect(url: &str, app_name: &str, op_timeout: Duration) -> anyhow::Result<Self> {
-        let db = mongo::connect(url, app_name, op_timeout, "mongodb://db:27017/auth").await?;
+    /// Connects lazily (the driver connects on first use) to the database `name`, else the one
+    /// named in `url`'s path.
+    pub async fn connect(
+        url: &str,
+        name: Option<&str>,
+        app_name: &str,
+        op_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let db = mongo::connect(url, name, app_name, op_timeout, "mongodb://db:27017/auth").await?;
         Ok(Self {
             users: db.collection("users"),
             db,

@@ -51,9 +51,14 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
 pub async fn spawn_on(database_url: &str, database: &str, extra: &[(&str, &str)]) -> TestApp {
     let config = Config::from_env(&vars(database_url, extra)).expect("valid test config");
     let store = Arc::new(
-        MongoUserStore::connect(database_url, "auth-test", config.db_timeout)
-            .await
-            .expect("valid MongoDB URL"),
+        MongoUserStore::connect(
+            database_url,
+            config.database_name.as_deref(),
+            "auth-test",
+            config.db_timeout,
+        )
+        .await
+        .expect("valid MongoDB URL"),
     );
     store.ensure_indexes().await.unwrap_or_else(|e| {
         panic!("cannot use the MongoDB-compatible server at {database_url}: {e}")

@@ -1,5 +1,5 @@
-//! MongoDB message store: collection `messages` of the database named in `DATABASE_URL`, with
-//! the original's fields (`sender`, `recipient`, `content`, `timestamp` as a BSON date).
+//! MongoDB message store: collection `messages` of the database named in `DATABASE_URL` (or
+//! `DATABASE_NAME`), with the original's fields (`sender`, `recipient`, `content`, `timestamp` as a BSON date).
 //!
 //! A conversation is read as two index range scans (one per direction) on
 //! `{sender: 1, recipient: 1, _id: 1}`, each limited to the page size, merged here; no query
@@ -53,8 +53,14 @@ pub struct MongoMessageStore {
 const NEWEST_CAPACITY: usize = 100_000;
 
 impl MongoMessageStore {
-    pub async fn connect(url: &str, app_name: &str, op_timeout: Duration) -> anyhow::Result<Self> {
-        let db = mongo::connect(url, app_name, op_timeout, "mongodb://db:27017/chat").await?;
+    /// Connects lazily to the database `name`, else the one named in `url`'s path.
+    pub async fn connect(
+        url: &str,
+        name: Option<&str>,
+        app_name: &str,
+        op_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let db = mongo::connect(url, name, app_name, op_timeout, "mongodb://db:27017/chat").await?;
         Ok(Self {
             messages: db.collection("messages"),
             db,
