@@ -80,7 +80,13 @@ ensure_secantus() {
 # kube-apiserver on loopback with throwaway storage; writes an admin kubeconfig and exports
 # TEST_KUBECONFIG. No kubelet or controller-manager: tests set child statuses themselves.
 ensure_kube_apiserver() {
-  local bin
+  local bin tool missing=()
+  for tool in curl openssl; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} (the API server's keys and readiness check need them)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
   bin="$(bash "$ROOT/tests/k8s/build.sh")"
   if ! command -v kubectl >/dev/null 2>&1; then
     log "kubectl is missing: building it from the same Kubernetes version"

@@ -25,13 +25,14 @@ use kube::api::{
 };
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::build::{self, Child, MANAGER};
-use crate::crd::ChatCluster;
+use crate::crd::{ChatCluster, ChatClusterStatus};
 use crate::plan::{Component, OperatorSettings, Plan};
 use crate::secrets::{self, SecretContents};
 use crate::status::{self, JobState, Observed, Problem, Workload};
@@ -102,6 +103,10 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Per ChatCluster (by uid): the uid of each child last applied, to tell a recreated child.
     children: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Per ChatCluster (by uid): the status this process last wrote. The watch cache can lag
+    /// behind our own writes; computing from a stale copy would move `lastTransitionTime`
+    /// without a flip and repeat events. This process is the status's only writer.
+    statuses: Mutex<HashMap<String, ChatClusterStatus>>,
 }
 
 impl Context {
@@ -117,7 +122,15 @@ impl Context {
             settings,
             failures: Mutex::default(),
             children: Mutex::default(),
+            statuses: Mutex::default(),
         })
+    }
+
+    /// Forgets what it remembered of a ChatCluster being deleted.
+    fn forget(&self, uid: &str) {
+        self.failures.lock().expect("not poisoned").remove(uid);
+        self.children.lock().expect("not poisoned").remove(uid);
+        self.statuses.lock().expect("not poisoned").remove(uid);
     }
 }
 
@@ -142,7 +155,17 @@ pub async fn run(
     .owns(scoped::<Deployment>(&client, ns), owned.clone())
     .owns(scoped::<StatefulSet>(&client, ns), owned.clone())
     .owns(scoped::<Service>(&client, ns), owned.clone())
-    .owns(scoped::<Secret>(&client, ns), owned.clone())
+    // Generated Secrets may outlive the cluster (deletionPolicy Retain keeps them with the
+    // data they unlock), so they are found by their instance label rather than an owner.
+    .watches(
+        scoped::<Secret>(&client, ns),
+        owned.clone(),
+        |secret: Secret| {
+            let instance = secret.labels().get("app.kubernetes.io/instance").cloned();
+            instance
+                .map(|name| ObjectRef::new(&name).within(&secret.namespace().unwrap_or_default()))
+        },
+    )
     .owns(scoped::<ConfigMap>(&client, ns), owned.clone())
     .owns(scoped::<Job>(&client, ns), owned.clone())
     .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
@@ -152,8 +175,13 @@ pub async fn run(
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "reconcile request failed");
+        // A failed reconcile is already logged, counted and evented by error_policy; anything
+        // else (a watch failing on a missing CRD, RBAC denying a kind) would leave the operator
+        // idle: say so loudly.
+        if let Err(e) = result
+            && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
+        {
+            warn!(error = %e, "controller error");
         }
     })
     .await;
@@ -258,6 +286,13 @@ async fn patch_status(
         &Patch::Apply(&patch),
     )
     .await
+    .map(|_| {
+        let uid = cluster.uid().unwrap_or_default();
+        ctx.statuses
+            .lock()
+            .expect("not poisoned")
+            .insert(uid, status.clone());
+    })
     .map_err(api_error(format!(
         "patching the status of ChatCluster/{name}"
     )))?;
@@ -266,8 +301,21 @@ async fn patch_status(
 
 async fn reconcile_inner(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     let plan = Plan::resolve(cluster, &ctx.settings).ok_or(Error::Unnamed)?;
+    let uid = cluster.uid().unwrap_or_default();
+    if cluster.metadata.deletion_timestamp.is_some() {
+        // Being deleted (foreground, or with its namespace): owner references and the garbage
+        // collector remove the children; creating anything now would only race them.
+        ctx.forget(&uid);
+        return Ok(Action::await_change());
+    }
     let generation = cluster.metadata.generation;
-    let previous = cluster.status.as_ref();
+    let remembered = ctx
+        .statuses
+        .lock()
+        .expect("not poisoned")
+        .get(&uid)
+        .cloned();
+    let previous = remembered.as_ref().or(cluster.status.as_ref());
 
     if cluster.spec.paused {
         let status = status::paused(generation, previous, &now());
@@ -478,13 +526,21 @@ async fn secrets_in_place(
                 Err(e) => return Err(api_error(format!("creating Secret/{name}"))(e)),
             },
         };
+        // Labels (so the Secret watch finds it) and the owner reference the deletion policy
+        // asks for, on Secrets made earlier or by someone else too; the data is never touched.
+        if let Some(patch) = secrets::metadata_patch(plan, &generated, &secret.metadata) {
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(api_error(format!("labelling Secret/{name}")))?;
+        }
         let data = secret.data.unwrap_or_default();
         for (key, _) in &generated.keys {
             if !data.contains_key(*key) {
                 observed.problems.push(Problem {
                     reason: "SecretInvalid",
                     message: format!(
-                        "Secret {name} has no key '{key}': delete it to have it generated again"
+                        "Secret {name} has no key '{key}' (restore it from a backup: values the \
+                         stores were initialised with cannot be generated again)"
                     ),
                 });
             }
@@ -552,7 +608,11 @@ async fn prune(ctx: &Context, plan: &Plan, desired: &[Child]) -> Result<(), Erro
     }
 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &plan.namespace);
-    let current = build::current_init_job(plan);
+    let current: BTreeSet<&str> = desired
+        .iter()
+        .filter(|c| c.resource.kind == "Job")
+        .map(|c| c.name.as_str())
+        .collect();
     let selector = format!(
         "app.kubernetes.io/instance={},app.kubernetes.io/component={}",
         plan.name,
@@ -569,7 +629,7 @@ async fn prune(ctx: &Context, plan: &Plan, desired: &[Child]) -> Result<(), Erro
     );
     for job in list.items {
         let name = job.name_any();
-        if Some(&name) != current.as_ref() {
+        if !current.contains(name.as_str()) {
             delete_if_ours(&dynamic, plan, "Job", &name, &job.metadata).await?;
         }
     }

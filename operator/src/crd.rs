@@ -48,7 +48,13 @@ pub const GROUP: &str = "chat.example.io";
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    // Children are named `<name>-rabbitmq-nodes` (a Service: a DNS label of at most 63) and
+    // `<name>-rabbitmq-<revision hash>` (a label value): 40 characters leave room for both.
+    validation = Rule::new(
+        "self.metadata.name.size() <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
     )
+    .message("the name must be a DNS label of at most 40 characters: it prefixes every child's name")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChatClusterSpec {
@@ -175,8 +181,16 @@ pub struct SchedulingSpec {
 
 /// A store (MongoDB or RabbitMQ): provisioned here (1 member, or 3 forming a replica set or a
 /// cluster), or `external`.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.external) || (!has(self.replicas) && !has(self.image) && !has(self.storage) && !has(self.resources))")
+        .message("an external store takes only uriSecretRef: replicas, image, storage and resources describe a provisioned one"),
+    validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)")
+        .message("storage cannot change once the store exists: Kubernetes cannot change a StatefulSet's volume claims (resize the PersistentVolumeClaims themselves)"),
+    validation = Rule::new("(has(self.replicas) ? self.replicas : 1) >= (has(oldSelf.replicas) ? oldSelf.replicas : 1)")
+        .message("a store cannot shrink from 3 members to 1: the remaining member would wait for a majority that is gone"),
+)]
 pub struct StoreSpec {
     /// Members: 1 (default) or 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,7 +217,7 @@ pub struct StoreSpec {
 pub struct ServiceComponentSpec {
     /// Pods (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = 1, max = 1000))]
     pub replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,

@@ -28,6 +28,8 @@ pub enum Scenario {
     ReadySystem,
     /// Every request fails with this status code.
     Failing(u16),
+    /// Like `Fresh`, but applies to this resource (plural) are refused with 422.
+    Refusing(&'static str),
 }
 
 /// One request the reconciler made.
@@ -135,6 +137,11 @@ impl ApiServerVerifier {
                             "spec": {}, "status": body["status"],
                         }),
                     ),
+                    (Scenario::Refusing(plural), &Method::PATCH)
+                        if path.contains(&format!("/{plural}/")) =>
+                    {
+                        status(422, "Invalid")
+                    }
                     (_, &Method::PATCH) => {
                         json_response(StatusCode::OK, &stored(body.clone(), scenario))
                     }
@@ -288,12 +295,10 @@ async fn a_ready_system_turns_ready_true() {
     )
     .await;
     assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
-    // Existing Secrets are read, never written.
+    // Existing Secrets are read, and at most labelled: their data is never written.
     assert!(
-        !outcome
-            .requests
-            .iter()
-            .any(|r| r.path.contains("/secrets") && r.method != Method::GET)
+        !outcome.requests.iter().any(|r| r.path.contains("/secrets")
+            && (r.method == Method::POST || !r.body["data"].is_null()))
     );
     let status = status_patch(&outcome.requests).expect("status patched");
     assert_eq!(status["phase"], "Ready");
@@ -311,6 +316,40 @@ async fn a_paused_cluster_changes_nothing() {
     let status = status_patch(&outcome.requests).expect("status patched");
     assert_eq!(status["phase"], "Paused");
     assert_eq!(condition(status, "Progressing")["reason"], "Paused");
+}
+
+#[tokio::test]
+async fn a_refused_child_degrades_the_cluster_while_the_rest_is_applied() {
+    let outcome = reconcile_once(
+        cluster(json!({"ingress": {"host": "chat.example.com"}})),
+        Scenario::Refusing("ingresses"),
+    )
+    .await;
+    assert!(
+        matches!(outcome.result, Err(crate::controller::Error::Apply(1))),
+        "{:?}",
+        outcome.result
+    );
+    assert_eq!(
+        applies(&outcome.requests).len(),
+        16,
+        "every child was still tried"
+    );
+    let status = status_patch(&outcome.requests).expect("status patched");
+    assert_eq!(status["phase"], "Degraded");
+    let degraded = condition(status, "Degraded");
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("applying Ingress/demo failed")
+    );
+    assert_eq!(
+        outcome.metrics.failures.with_label_values(&["apply"]).get(),
+        1
+    );
+    assert_eq!(outcome.retry, Some(Action::requeue(Duration::from_secs(1))));
 }
 
 #[tokio::test]

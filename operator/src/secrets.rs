@@ -2,17 +2,21 @@
 //! what the pods read.
 //!
 //! A generated Secret is created once (a plain create: if it exists, whoever made it wins) and
-//! never overwritten, so the passwords a store was initialised with stay valid. Values are
+//! its data is never overwritten, so the passwords a store was initialised with stay valid.
+//! Under `deletionPolicy: Retain` (the default) it also outlives the ChatCluster, as the
+//! volumes do: the data and the credentials that open it are kept together. Values are
 //! alphanumeric: they go into `mongodb://` and `amqp://` URIs unescaped.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use rand::{Rng, distr::Alphanumeric};
 use sha2::{Digest, Sha256};
 
-use crate::build::{SecretHashes, meta};
+use crate::build::{SecretHashes, labels, meta};
+use crate::crd::DeletionPolicy;
 use crate::plan::{Component, Plan, Store};
 
 /// A Secret the plan needs that the operator generates if it is missing.
@@ -86,6 +90,44 @@ pub fn generated(plan: &Plan) -> Vec<Generated> {
     out
 }
 
+/// Owner references a generated Secret should carry: the ChatCluster's controller reference
+/// under `deletionPolicy: Delete` (it goes with the cluster), none of ours under `Retain` (it
+/// stays with the retained volumes whose data it unlocks, and a ChatCluster re-created with the
+/// same name finds it). Others' references are kept.
+fn owner_references(plan: &Plan, existing: &[OwnerReference]) -> Vec<OwnerReference> {
+    let mut refs: Vec<OwnerReference> = existing
+        .iter()
+        .filter(|r| !(r.kind == plan.owner.kind && r.name == plan.owner.name))
+        .cloned()
+        .collect();
+    if plan.deletion_policy == DeletionPolicy::Delete {
+        refs.push(plan.owner.clone());
+    }
+    refs
+}
+
+/// The merge patch that gives an existing generated Secret our labels and the owner references
+/// the deletion policy asks for, or `None` when it has them.
+pub fn metadata_patch(
+    plan: &Plan,
+    generated: &Generated,
+    meta: &ObjectMeta,
+) -> Option<serde_json::Value> {
+    let want_labels = labels(plan, generated.component);
+    let have_labels = meta.labels.clone().unwrap_or_default();
+    let labels_ok = want_labels
+        .iter()
+        .all(|(k, v)| have_labels.get(k) == Some(v));
+    let existing = meta.owner_references.clone().unwrap_or_default();
+    let want_owners = owner_references(plan, &existing);
+    if labels_ok && want_owners == existing {
+        return None;
+    }
+    Some(serde_json::json!({
+        "metadata": {"labels": want_labels, "ownerReferences": want_owners},
+    }))
+}
+
 /// A new Secret with fresh random values.
 pub fn new_secret(plan: &Plan, generated: &Generated) -> Secret {
     let mut rng = rand::rng();
@@ -104,8 +146,10 @@ pub fn new_secret(plan: &Plan, generated: &Generated) -> Secret {
             ((*key).to_owned(), ByteString(text.into_bytes()))
         })
         .collect();
+    let mut metadata = meta(plan, generated.name.clone(), generated.component);
+    metadata.owner_references = Some(owner_references(plan, &[]));
     Secret {
-        metadata: meta(plan, generated.name.clone(), generated.component),
+        metadata,
         data: Some(data),
         type_: Some("Opaque".into()),
         ..Secret::default()
@@ -223,6 +267,45 @@ mod tests {
         assert!(names.contains(&"demo-mongodb-keyfile".to_owned()));
         assert!(names.contains(&"demo-rabbitmq-erlang-cookie".to_owned()));
         assert!(!names.contains(&"demo-jwt".to_owned()));
+    }
+
+    #[test]
+    fn generated_secrets_are_owned_only_under_the_delete_policy() {
+        let retain = test_plan(json!({}));
+        let g = &generated(&retain)[0];
+        assert_eq!(
+            new_secret(&retain, g).metadata.owner_references,
+            Some(vec![])
+        );
+        let delete = test_plan(json!({"deletionPolicy": "Delete"}));
+        let owners = new_secret(&delete, g).metadata.owner_references.unwrap();
+        assert_eq!(owners, vec![delete.owner.clone()]);
+        // A Secret made by someone else: labelled, owned per policy, others' owners kept.
+        let other = OwnerReference {
+            kind: "Backup".into(),
+            name: "nightly".into(),
+            ..OwnerReference::default()
+        };
+        let found = ObjectMeta {
+            owner_references: Some(vec![other.clone()]),
+            ..ObjectMeta::default()
+        };
+        let patch = metadata_patch(&delete, g, &found).unwrap();
+        assert_eq!(
+            patch["metadata"]["ownerReferences"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            patch["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "demo"
+        );
+        // Already right: no patch.
+        let right = new_secret(&delete, g).metadata;
+        assert!(metadata_patch(&delete, g, &right).is_none());
+        assert!(metadata_patch(&retain, g, &new_secret(&retain, g).metadata).is_none());
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct Workload {
     pub updated: i32,
     /// The Deployment's `Progressing` condition says `ProgressDeadlineExceeded`.
     pub deadline_exceeded: bool,
+    /// A rollout is under way: old pods still run (Deployment), or the current revision is not
+    /// the update revision yet (StatefulSet, which counts a recreated pod as updated before it
+    /// is ready).
+    pub rolling: bool,
 }
 
 impl Workload {
@@ -37,6 +41,7 @@ impl Workload {
             // Available, not just ready: a pod counts once it stayed ready `minReadySeconds`.
             ready: status.available_replicas.unwrap_or(0),
             updated: status.updated_replicas.unwrap_or(0),
+            rolling: status.replicas.unwrap_or(0) > status.updated_replicas.unwrap_or(0),
             deadline_exceeded: status.conditions.unwrap_or_default().iter().any(|c| {
                 c.type_ == "Progressing"
                     && c.status == "False"
@@ -53,6 +58,8 @@ impl Workload {
             desired: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
             ready: status.ready_replicas.unwrap_or(0),
             updated: status.updated_replicas.unwrap_or(0),
+            rolling: status.update_revision.is_some()
+                && status.current_revision != status.update_revision,
             deadline_exceeded: false,
         }
     }
@@ -136,7 +143,7 @@ fn component_health(
     if w.ready >= desired && w.updated >= desired {
         return Health::Ready;
     }
-    if established && w.updated >= desired {
+    if established && w.updated >= desired && !w.rolling {
         return Health::Degraded(format!("{name}: {}/{desired} pods ready", w.ready));
     }
     Health::Progressing(format!("{name}: {}/{desired} pods ready", w.ready))
@@ -190,6 +197,18 @@ pub fn paused(
         generation,
         now,
     ));
+    // Created paused: nothing is serving, and `kubectl wait` should say so, not hang unknowing.
+    if !conditions.iter().any(|c| c.type_ == "Ready") {
+        conditions.push(condition(
+            &status.conditions,
+            "Ready",
+            false,
+            "Paused",
+            "spec.paused is true: nothing has been created".into(),
+            generation,
+            now,
+        ));
+    }
     conditions.sort_by_key(|c| condition_order(&c.type_));
     status.conditions = conditions;
     status.phase = Some(Phase::Paused);
@@ -390,9 +409,10 @@ pub fn compute(
         Store::Provisioned(_) => {
             let initialized = matches!(observed.init_job, Some(JobState::Succeeded));
             match &observed.init_job {
-                Some(JobState::Failed(m)) => {
-                    degraded.push(("MongoDbInitFailed", format!("mongodb init Job failed: {m}")));
-                }
+                Some(JobState::Failed(m)) => degraded.push((
+                    "MongoDbInitFailed",
+                    format!("the mongodb init Job failed ({m}); its log says why"),
+                )),
                 Some(JobState::Succeeded) => {}
                 _ => progressing.push("mongodb: the init Job has not completed".into()),
             }
@@ -459,6 +479,7 @@ mod tests {
             ready,
             updated: desired,
             deadline_exceeded: false,
+            rolling: false,
         }
     }
 
@@ -512,6 +533,11 @@ mod tests {
             ("init Job still running", &plan, observed(1, true, Some(JobState::Running)), None, Phase::Progressing, ["False", "True", "False"]),
             ("init Job failed", &plan, observed(1, true, failed), None, Phase::Degraded, ["False", "False", "True"]),
             ("pods lost after being ready", &plan, observed(0, true, succeeded()), Some(&ready_before), Phase::Degraded, ["False", "False", "True"]),
+            ("a rollout at the same generation", &plan, {
+                let mut o = observed(0, true, succeeded());
+                o.workloads.values_mut().for_each(|w| w.rolling = true);
+                o
+            }, Some(&ready_before), Phase::Progressing, ["False", "True", "False"]),
             ("a referenced Secret is missing", &plan, missing, None, Phase::Degraded, ["False", "False", "True"]),
             ("external stores need no pods", &external, external_ready, None, Phase::Ready, ["True", "False", "False"]),
         ];
@@ -581,6 +607,9 @@ mod tests {
         assert_eq!(cond(&paused, "Ready").status, "True");
         assert_eq!(cond(&paused, "Progressing").reason, "Paused");
         assert_eq!(paused.observed_generation, Some(3));
+        let fresh = super::paused(Some(1), None, &at(100));
+        assert_eq!(cond(&fresh, "Ready").status, "False");
+        assert_eq!(cond(&fresh, "Ready").reason, "Paused");
     }
 
     #[test]

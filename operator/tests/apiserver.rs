@@ -94,6 +94,18 @@ async fn a_default_cluster_gets_every_child_owned_and_applied_by_the_operator() 
     );
     for ((kind, name), child) in &children {
         let owners = child.owner_references();
+        if *kind == "Secret" {
+            // deletionPolicy Retain (the default): generated credentials stay with the volumes.
+            assert!(owners.is_empty(), "{kind} {name} is not owned under Retain");
+            assert_eq!(
+                child
+                    .labels()
+                    .get("app.kubernetes.io/instance")
+                    .map(String::as_str),
+                Some("demo")
+            );
+            continue;
+        }
         assert_eq!(owners.len(), 1, "{kind} {name} has one owner");
         assert_eq!(
             owners[0].uid, uid,
@@ -123,7 +135,7 @@ async fn a_default_cluster_gets_every_child_owned_and_applied_by_the_operator() 
             managers.iter().any(|m| m == "chat-operator"),
             "{kind} {name} is managed by chat-operator: {managers:?}"
         );
-        if *kind != "Secret" {
+        {
             let applied = child.managed_fields().iter().any(|m| {
                 m.manager.as_deref() == Some("chat-operator")
                     && m.operation.as_deref() == Some("Apply")
@@ -236,7 +248,20 @@ async fn ready_follows_the_children_and_a_lost_pod_degrades_it() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait for the reconcile the edit triggers, then look.
+    let before = env.metrics.reconciles.get();
+    env.api::<ChatCluster>()
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touch": "2"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("a reconcile after the edit", WAIT, || async {
+        (env.metrics.reconciles.get() > before).then_some(())
+    })
+    .await;
     let again = env.wait_condition("demo", "Ready", "True").await;
     let unchanged = again
         .status
@@ -437,39 +462,48 @@ async fn existing_secrets_are_kept_and_a_changed_secret_rolls_its_readers() {
         generated
     );
 
-    // A generated Secret changes (RabbitMQ's password rotated): exactly the pods that read it
-    // roll (their template hash changes): chat and websocket, not auth.
-    let chat_hash = hash(deployments.get("demo-chat").await.unwrap()).unwrap();
-    let patch = json!({"data": {"password": "cm90YXRlZA=="}});
-    secrets
-        .patch(
-            "demo-rabbitmq-user",
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    eventually("the chat pods to roll", WAIT, || async {
-        let now = hash(deployments.get("demo-chat").await.ok()?)?;
-        (now != chat_hash).then_some(())
-    })
-    .await;
-    eventually("the websocket pods to roll", WAIT, || async {
-        let d = deployments.get("demo-websocket").await.ok()?;
-        let sts = env.api::<StatefulSet>().get("demo-rabbitmq").await.ok()?;
-        let rabbit = sts
-            .spec?
+    // The JWT secret is rotated: every pod that reads it rolls (its template hash changes),
+    // and only those (the stores' pods keep theirs). The pre-created Secret was labelled, so
+    // the edit is seen at once.
+    let hash_of = |sts: StatefulSet| {
+        sts.spec?
             .template
             .metadata?
             .annotations?
             .get("chat.example.io/config-hash")
-            .cloned();
-        (hash(d)?.ends_with(rabbit.as_deref()?)).then_some(())
-    })
-    .await;
+            .cloned()
+    };
+    let mongo_hash = hash_of(env.api::<StatefulSet>().get("demo-mongodb").await.unwrap());
+    let labels = secrets
+        .get("demo-jwt")
+        .await
+        .unwrap()
+        .metadata
+        .labels
+        .unwrap();
+    assert_eq!(labels["app.kubernetes.io/instance"], "demo");
+    let services = ["demo-auth", "demo-chat", "demo-websocket"];
+    let mut old = Vec::new();
+    for service in services {
+        old.push(hash(deployments.get(service).await.unwrap()).unwrap());
+    }
+    let patch = json!({"data": {"secret": "cm90YXRlZC1zZWNyZXQtb2YtMzItYnl0ZXMhISEhIQ=="}});
+    secrets
+        .patch("demo-jwt", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    for (service, old) in services.iter().zip(&old) {
+        eventually(&format!("{service} pods to roll"), WAIT, || async {
+            let now = hash(deployments.get(service).await.ok()?)?;
+            (&now != old).then_some(())
+        })
+        .await;
+    }
+    let new_auth = hash(deployments.get("demo-auth").await.unwrap()).unwrap();
+    assert_ne!(new_auth, auth_hash);
     assert_eq!(
-        hash(deployments.get("demo-auth").await.unwrap()).unwrap(),
-        auth_hash
+        hash_of(env.api::<StatefulSet>().get("demo-mongodb").await.unwrap()),
+        mongo_hash
     );
 }
 
@@ -598,10 +632,67 @@ async fn the_server_refuses_an_invalid_spec() {
     );
     let (code, message) = attempt(json!({"jwt": {"tokenTtl": "forever"}})).await;
     assert_eq!(code, 422, "{message}");
-    let (code, message) = attempt(json!({"websocket": {"replicas": -1}})).await;
+    let (code, message) = attempt(json!({"websocket": {"replicas": 0}})).await;
     assert_eq!(code, 422, "{message}");
+    let (code, message) = attempt(json!({"mongodb": {"replicas": 3,
+        "external": {"uriSecretRef": {"name": "m", "key": "uri"}}}}))
+    .await;
+    assert_eq!(code, 422);
+    assert!(
+        message.contains("an external store takes only uriSecretRef"),
+        "{message}"
+    );
     let (code, message) = attempt(json!({"deletionPolicy": "Sometimes"})).await;
     assert_eq!(code, 422, "{message}");
+    // A name that cannot prefix every child's name.
+    for name in [
+        "a-name-that-is-far-too-long-to-prefix-children",
+        "Upper",
+        "dotted.name",
+    ] {
+        let cluster: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "chat.example.io/v1alpha1", "kind": "ChatCluster",
+            "metadata": {"name": name}, "spec": {},
+        }))
+        .unwrap();
+        match raw.create(&PostParams::default(), &cluster).await {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 422, "{name}: {}", s.message),
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+    }
+    // Transitions: storage is fixed once the store exists, and a store never shrinks.
+    let cluster: ChatCluster = serde_json::from_value(json!({
+        "apiVersion": "chat.example.io/v1alpha1", "kind": "ChatCluster",
+        "metadata": {"name": "grown"},
+        "spec": {"mongodb": {"replicas": 3, "storage": {"size": "1Gi"}}, "rabbitmq": {"replicas": 3}},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &cluster).await.unwrap();
+    for (patch, expected) in [
+        (
+            json!({"spec": {"mongodb": {"storage": {"size": "2Gi"}}}}),
+            "storage cannot change",
+        ),
+        (
+            json!({"spec": {"rabbitmq": {"replicas": 1}}}),
+            "cannot shrink",
+        ),
+        (
+            json!({"spec": {"mongodb": {"replicas": null}}}),
+            "cannot shrink",
+        ),
+    ] {
+        match api
+            .patch("grown", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422);
+                assert!(s.message.contains(expected), "{patch}: {}", s.message);
+            }
+            other => panic!("{patch}: expected a refusal, got {other:?}"),
+        }
+    }
     // `spec: {}` is a whole system.
     let cluster: ChatCluster = serde_json::from_value(json!({
         "apiVersion": "chat.example.io/v1alpha1", "kind": "ChatCluster",
@@ -729,7 +820,9 @@ async fn the_readme_kubectl_commands_work() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    kubectl(&["apply", "--server-side", "-f", "k8s/crd.yaml"]);
+    // Plain client-side apply, as most people type it: the CRD must fit the last-applied
+    // annotation (256 KiB).
+    kubectl(&["apply", "-f", "k8s/crd.yaml"]);
     kubectl(&["apply", "-n", &env.ns, "-f", "k8s/examples/minimal.yaml"]);
     let name = "chat";
     let waiter = {
@@ -771,4 +864,124 @@ async fn the_readme_kubectl_commands_work() {
             && table.contains("1/1"),
         "{table}"
     );
+}
+
+/// Every object the builders emit for a fully specified cluster passes the API server's own
+/// validation (a server-side dry-run apply): probes, claim templates, policies, ports.
+#[tokio::test]
+async fn every_built_object_passes_the_servers_validation() {
+    use chat_operator::build::{SecretHashes, desired};
+    use chat_operator::plan::{OperatorSettings, Plan};
+    let env = TestEnv::bare("dryrun").await;
+    let mut cluster: ChatCluster = serde_json::from_value(json!({
+        "apiVersion": "chat.example.io/v1alpha1", "kind": "ChatCluster",
+        "metadata": {"name": "demo", "namespace": env.ns, "uid": "00000000-0000-0000-0000-000000000001"},
+        "spec": {
+            "deletionPolicy": "Delete",
+            "mongodb": {"replicas": 3, "storage": {"size": "20Gi", "storageClassName": "fast"},
+                        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}},
+            "rabbitmq": {"replicas": 3},
+            "auth": {"replicas": 2, "env": [{"name": "RUST_LOG", "value": "debug"}],
+                     "service": {"type": "NodePort", "nodePort": 30001}},
+            "chat": {"replicas": 2, "service": {"type": "LoadBalancer", "annotations": {"a": "b"}}},
+            "websocket": {"replicas": 3, "tolerations": [{"key": "k", "operator": "Exists"}]},
+            "ingress": {"className": "nginx", "host": "chat.example.com", "tlsSecretName": "tls"},
+            "jwt": {"tokenTtl": "24h"},
+            "monitoring": {"serviceMonitor": true},
+        },
+    }))
+    .unwrap();
+    cluster.metadata.namespace = Some(env.ns.clone());
+    let plan = Plan::resolve(&cluster, &OperatorSettings::default()).unwrap();
+    let children = desired(&plan, &SecretHashes::default());
+    let mut checked = 0;
+    for child in &children {
+        if child.resource.kind == "ServiceMonitor" {
+            continue; // this server does not serve monitoring.coreos.com
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(env.client.clone(), &env.ns, &child.resource);
+        let params = PatchParams::apply("chat-operator").force().dry_run();
+        api.patch(&child.name, &params, &Patch::Apply(&child.object))
+            .await
+            .unwrap_or_else(|e| panic!("{} is refused: {e}", child.describe()));
+        checked += 1;
+    }
+    assert!(checked >= 20, "{checked} objects checked");
+}
+
+#[tokio::test]
+async fn topology_changes_replace_the_init_job_and_removed_options_are_pruned() {
+    use k8s_openapi::api::batch::v1::Job;
+    let env = TestEnv::start("topology").await;
+    env.create_cluster("demo", json!({"ingress": {"host": "chat.example.com"}}))
+        .await;
+    let jobs = env.api::<Job>();
+    let first = eventually("the init Job", WAIT, || async {
+        jobs.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    eventually("the Ingress", WAIT, || async {
+        env.api::<Ingress>().get_opt("demo").await.ok()?
+    })
+    .await;
+
+    // MongoDB grows to a replica set and the Ingress goes.
+    let patch = json!({"spec": {"mongodb": {"replicas": 3}, "ingress": null}});
+    env.api::<ChatCluster>()
+        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let second = eventually("a new init Job, the old one gone", WAIT, || async {
+        let items = jobs.list(&ListParams::default()).await.ok()?.items;
+        let live: Vec<_> = items
+            .into_iter()
+            .filter(|j| j.metadata.deletion_timestamp.is_none())
+            .collect();
+        (live.len() == 1 && live[0].name_any() != first.name_any()).then(|| live[0].clone())
+    })
+    .await;
+    let container = &second.spec.unwrap().template.spec.unwrap().containers[0];
+    let members = container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "MEMBERS")
+        .unwrap()
+        .value
+        .clone()
+        .unwrap();
+    assert_eq!(members.split(',').count(), 3, "{members}");
+    eventually("the Ingress to be pruned", WAIT, || async {
+        env.api::<Ingress>()
+            .get_opt("demo")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // The replica set's keyfile was generated, and the members' URI names the set.
+    let secrets = env.api::<Secret>();
+    assert!(
+        secrets
+            .get_opt("demo-mongodb-keyfile")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let sts = env.api::<StatefulSet>().get("demo-mongodb").await.unwrap();
+    assert_eq!(sts.spec.unwrap().replicas, Some(3));
+    let status = eventually("the status to list 3 members", WAIT, || async {
+        let s = env.cluster("demo").await.status?;
+        (s.mongodb.as_ref()?.members.len() == 3).then_some(s)
+    })
+    .await;
+    assert!(status.mongodb.unwrap().members[2].starts_with("demo-mongodb-2.demo-mongodb."));
 }

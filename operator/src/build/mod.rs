@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::plan::{Component, Plan};
 
 pub use extras::service_monitor_resource;
-pub use mongodb::{INIT as MONGODB_INIT, current_init_job};
+pub use mongodb::INIT as MONGODB_INIT;
 
 /// The operator's field manager for server-side apply, and the `managed-by` label value.
 pub const MANAGER: &str = "chat-operator";

@@ -31,7 +31,7 @@ pub(super) fn children(plan: &Plan, hashes: &SecretHashes) -> Vec<Child> {
     let mut children = vec![
         Child::typed(&headless_service(plan)),
         Child::typed(&statefulset(plan, store, hashes)),
-        Child::typed(&init_job(plan, store)),
+        Child::typed(&init_job(plan, store, hashes)),
     ];
     if store.replicas > 1 {
         children.push(Child::typed(&super::extras::pdb(plan, Component::MongoDb)));
@@ -111,9 +111,22 @@ fn statefulset(plan: &Plan, store: &ProvisionedStore, hashes: &SecretHashes) -> 
         mounts.push(mount("keyfile", KEYFILE_DIR, true));
         init_containers.push(install);
     }
-    // `args`, not `command`: the image's entrypoint must run, since it creates the root user on
-    // first start (stripping --replSet and --keyFile for that step) and turns authentication on.
+    // The image's entrypoint must run: on first start it creates the root user (stripping
+    // --replSet and --keyFile for that step) and turns authentication on. In a replica set
+    // only the first member may do so: `replSetInitiate` refuses members that hold data, and a
+    // user is data; the others get their users from the first by initial sync.
     let mut mongod = container("mongod", &store.image);
+    if store.replicas > 1 {
+        mongod.command = Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "case \"$HOSTNAME\" in *-0) ;; *) unset MONGO_INITDB_ROOT_USERNAME MONGO_INITDB_ROOT_PASSWORD ;; esac; \
+             exec docker-entrypoint.sh \"$@\""
+                .into(),
+            "mongod-entrypoint".into(),
+        ]);
+        args.insert(0, "mongod".into());
+    }
     mongod.args = Some(args);
     mongod.ports = Some(vec![ContainerPort {
         name: Some("mongodb".into()),
@@ -156,37 +169,52 @@ fn statefulset(plan: &Plan, store: &ProvisionedStore, hashes: &SecretHashes) -> 
 /// replica set unless it already is, waits for a primary, then creates the services' user, or
 /// resets its password to the Secret's.
 const INIT_SCRIPT: &str = r#"
-const members = process.env.MEMBERS.split(",");
-const replicaSet = process.env.REPLICA_SET;
 const env = (k) => process.env[k];
-function connectTo(host) {
+const members = env("MEMBERS").split(",");
+const replicaSet = env("REPLICA_SET");
+// Waits until a member answers (no login: before the replica set exists only the first member
+// has users).
+function waitFor(host) {
   for (let i = 0; ; i++) {
     try {
-      const m = new Mongo(`mongodb://${host}/?directConnection=true`);
-      const admin = m.getDB("admin");
-      admin.auth(env("ROOT_USERNAME"), env("ROOT_PASSWORD"));
-      admin.runCommand({ ping: 1 });
-      return admin;
+      new Mongo(`mongodb://${host}/?directConnection=true`).getDB("admin").runCommand({ hello: 1 });
+      return;
     } catch (e) {
-      if (i % 10 === 0) print(`waiting for ${host}: ${e.message}`);
+      if (i % 15 === 0) print(`waiting for ${host}: ${e.message}`);
       sleep(2000);
     }
   }
 }
-let admin = connectTo(members[0]);
+function login(host) {
+  waitFor(host);
+  const admin = new Mongo(`mongodb://${host}/?directConnection=true`).getDB("admin");
+  try {
+    admin.auth(env("ROOT_USERNAME"), env("ROOT_PASSWORD"));
+  } catch (e) {
+    print(`the credentials in Secret ${env("ROOT_SECRET")} do not open ${host} (${e.message}): ` +
+      "its volume was initialised with other ones, by an earlier cluster? Restore that Secret.");
+    quit(2);
+  }
+  return admin;
+}
+members.forEach(waitFor);
+let admin = login(members[0]);
 if (replicaSet) {
-  members.slice(1).forEach(connectTo);
   const status = admin.runCommand({ replSetGetStatus: 1 });
   if (status.ok !== 1 && status.codeName === "NotYetInitialized") {
     print(`initiating replica set ${replicaSet}`);
-    admin.runCommand({ replSetInitiate: {
+    const r = admin.runCommand({ replSetInitiate: {
       _id: replicaSet,
       members: members.map((host, i) => ({ _id: i, host })),
     } });
+    if (r.ok !== 1 && r.codeName !== "AlreadyInitialized") throw new Error(r.errmsg);
   }
   for (;;) {
     const hello = admin.runCommand({ hello: 1 });
-    if (hello.primary) { admin = connectTo(hello.primary); if (admin.runCommand({ hello: 1 }).isWritablePrimary) break; }
+    if (hello.primary) {
+      admin = login(hello.primary);
+      if (admin.runCommand({ hello: 1 }).isWritablePrimary) break;
+    }
     sleep(1000);
   }
 }
@@ -203,15 +231,10 @@ if (admin.getUser(user)) {
 
 /// The init Job. A Job's template is immutable, so its name carries a hash of what it does: a
 /// change of members makes a new Job (and the reconciler removes the old one).
-pub fn init_job(plan: &Plan, store: &ProvisionedStore) -> Job {
+pub fn init_job(plan: &Plan, store: &ProvisionedStore, hashes: &SecretHashes) -> Job {
     let secrets = plan.secret_names();
     let members = plan.mongodb_members().join(",");
     let replica_set = if store.replicas > 1 { REPLICA_SET } else { "" };
-    let digest = Sha256::digest(format!(
-        "{members}|{replica_set}|{}|{INIT_SCRIPT}",
-        store.image.reference
-    ));
-    let suffix = hex(&digest[..4]);
     let mut mongosh = container("init", &store.image);
     mongosh.command = Some(vec![
         "mongosh".into(),
@@ -223,6 +246,7 @@ pub fn init_job(plan: &Plan, store: &ProvisionedStore) -> Job {
     mongosh.env = Some(vec![
         env("MEMBERS", members),
         env("REPLICA_SET", replica_set),
+        env("ROOT_SECRET", secrets.mongodb_root.clone()),
         env_from_secret("ROOT_USERNAME", &secrets.mongodb_root, "username"),
         env_from_secret("ROOT_PASSWORD", &secrets.mongodb_root, "password"),
         env_from_secret("APP_USERNAME", &secrets.mongodb_app, "username"),
@@ -231,10 +255,12 @@ pub fn init_job(plan: &Plan, store: &ProvisionedStore) -> Job {
         env("HOME", "/tmp"),
     ]);
     mongosh.volume_mounts = Some(vec![mount("tmp", "/tmp", false)]);
-    Job {
-        metadata: meta(plan, init_job_name(plan, &suffix), INIT),
+    let mut job = Job {
+        metadata: meta(plan, String::new(), INIT),
         spec: Some(JobSpec {
-            backoff_limit: Some(30),
+            // Waiting for members happens inside one run; failures are real (wrong credentials),
+            // so a few retries, then `Failed`, which the status reports as Degraded.
+            backoff_limit: Some(4),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(super::labels(plan, INIT)),
@@ -255,17 +281,12 @@ pub fn init_job(plan: &Plan, store: &ProvisionedStore) -> Job {
             ..JobSpec::default()
         }),
         status: None,
-    }
-}
-
-fn init_job_name(plan: &Plan, suffix: &str) -> String {
-    format!("{}-{INIT}-{suffix}", plan.name)
-}
-
-/// The name of the init Job the plan wants, if MongoDB is provisioned.
-pub fn current_init_job(plan: &Plan) -> Option<String> {
-    match &plan.mongodb {
-        Store::Provisioned(store) => init_job(plan, store).metadata.name,
-        Store::External(_) => None,
-    }
+    };
+    // A Job's template is immutable: the name carries a hash of the whole spec (and of the
+    // credentials it applies), so any change makes a new Job and the reconciler removes the
+    // old one. A changed application password is applied by the new Job's `updateUser`.
+    let spec = serde_json::to_string(&job.spec).unwrap_or_default();
+    let digest = Sha256::digest(format!("{spec}|{}", hashes.mongodb));
+    job.metadata.name = Some(format!("{}-{INIT}-{}", plan.name, hex(&digest[..4])));
+    job
 }

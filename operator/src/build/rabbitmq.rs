@@ -62,12 +62,20 @@ fn config_map(plan: &Plan, store: &ProvisionedStore) -> ConfigMap {
          log.console = true\n\
          log.console.level = info\n\
          log.file = false\n\
-         # The generated user replaces guest, which may only connect from localhost anyway.\n\
-         loopback_users = none\n\
-         # Leave a sixth of the pod's memory limit to the runtime before blocking publishers.\n\
-         vm_memory_high_watermark.relative = 0.8\n\
+         # Metrics come from the Prometheus plugin (what the image's own conf.d, hidden by\n\
+         # this mount, also sets).\n\
+         management_agent.disable_metrics_collector = true\n\
          disk_free_limit.absolute = 500MB\n",
     );
+    if let Some(bytes) = memory_limit(store) {
+        // The node sizes itself from the pod's limit, not the host's memory, and blocks
+        // publishers at 60% of it: Erlang's garbage collection can briefly double the heap.
+        let _ = write!(
+            conf,
+            "total_memory_available_override_value = {bytes}\n\
+             vm_memory_high_watermark.relative = 0.6\n"
+        );
+    }
     let mut plugins = vec!["rabbitmq_management", "rabbitmq_prometheus"];
     if store.replicas > 1 {
         plugins.push("rabbitmq_peer_discovery_k8s");
@@ -97,6 +105,36 @@ fn config_map(plan: &Plan, store: &ProvisionedStore) -> ConfigMap {
         ])),
         ..ConfigMap::default()
     }
+}
+
+/// The store's memory limit in bytes, when it has one in a form Kubernetes writes.
+fn memory_limit(store: &ProvisionedStore) -> Option<u64> {
+    let quantity = store
+        .resources
+        .limits
+        .as_ref()?
+        .get("memory")?
+        .0
+        .trim()
+        .to_owned();
+    let split = quantity
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(unit)
 }
 
 fn port(name: &str, number: i32) -> ServicePort {

@@ -181,6 +181,11 @@ fn replica_sets_list_every_member_and_clusters_share_a_cookie() {
         .unwrap();
     let conf = config.object["data"]["rabbitmq.conf"].as_str().unwrap();
     assert!(conf.contains("cluster_formation.peer_discovery_backend = k8s"));
+    // Sized from the pod's memory limit (the default 1Gi), not the node's memory.
+    assert!(
+        conf.contains("total_memory_available_override_value = 1073741824"),
+        "{conf}"
+    );
     assert!(
         config.object["data"]["enabled_plugins"]
             .as_str()

@@ -49,7 +49,7 @@ pub async fn install_crd(client: &Client) {
         crds.patch(
             ChatCluster::crd_name(),
             &PatchParams::apply("chat-operator-tests").force(),
-            &Patch::Apply(ChatCluster::crd()),
+            &Patch::Apply(chat_operator::crd()),
         )
         .await
         .expect("CRD applies");
