@@ -17,7 +17,7 @@ use kube::api::{
 };
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use support::{TestEnv, eventually, make_ready, set_workload_status};
+use support::{TestEnv, eventually, eventually_gone, make_ready, set_workload_status};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -349,15 +349,7 @@ async fn scaling_websocket_follows_the_spec_and_adds_a_disruption_budget() {
         .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    eventually("the websocket budget to be pruned", WAIT, || async {
-        env.api::<PodDisruptionBudget>()
-            .get_opt("demo-websocket")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    eventually_gone::<PodDisruptionBudget>(&env, "demo-websocket").await;
 }
 
 #[tokio::test]
@@ -867,7 +859,8 @@ async fn the_readme_kubectl_commands_work() {
 }
 
 /// Every object the builders emit for a fully specified cluster passes the API server's own
-/// validation (a server-side dry-run apply): probes, claim templates, policies, ports.
+/// validation (a server-side dry-run apply: probes, claim templates, policies, ports), and
+/// applying it again is a no-op.
 #[tokio::test]
 async fn every_built_object_passes_the_servers_validation() {
     use chat_operator::build::{SecretHashes, desired};
@@ -905,6 +898,23 @@ async fn every_built_object_passes_the_servers_validation() {
         api.patch(&child.name, &params, &Patch::Apply(&child.object))
             .await
             .unwrap_or_else(|e| panic!("{} is refused: {e}", child.describe()));
+        // Applied for real twice: the second apply must change nothing (no new generation, no
+        // new resourceVersion), or every reconcile would roll pods.
+        let params = PatchParams::apply("chat-operator").force();
+        let first = api
+            .patch(&child.name, &params, &Patch::Apply(&child.object))
+            .await
+            .unwrap();
+        let second = api
+            .patch(&child.name, &params, &Patch::Apply(&child.object))
+            .await
+            .unwrap();
+        assert_eq!(
+            first.resource_version(),
+            second.resource_version(),
+            "applying {} again changed it",
+            child.describe()
+        );
         checked += 1;
     }
     assert!(checked >= 20, "{checked} objects checked");
@@ -958,15 +968,7 @@ async fn topology_changes_replace_the_init_job_and_removed_options_are_pruned() 
         .clone()
         .unwrap();
     assert_eq!(members.split(',').count(), 3, "{members}");
-    eventually("the Ingress to be pruned", WAIT, || async {
-        env.api::<Ingress>()
-            .get_opt("demo")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    eventually_gone::<Ingress>(&env, "demo").await;
     // The replica set's keyfile was generated, and the members' URI names the set.
     let secrets = env.api::<Secret>();
     assert!(

@@ -30,7 +30,9 @@ build() { # module-dir package output
   if [ -x "$BIN/$3" ]; then return; fi
   log "building $3 from $2 (once; cached in $BIN)"
   local start=$SECONDS
-  (cd "$HERE/$1" && go build -ldflags="-s -w $VERSION_FLAGS" -o "$BIN/$3.tmp" "$2")
+  # Module downloads print a line each (hundreds): keep errors only.
+  (cd "$HERE/$1" && go build -ldflags="-s -w $VERSION_FLAGS" -o "$BIN/$3.tmp" "$2") \
+    2> >(grep -v '^go: downloading' >&2)
   mv "$BIN/$3.tmp" "$BIN/$3"
   log "built $3 in $((SECONDS - start)) s"
 }

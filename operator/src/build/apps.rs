@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    CONFIG_HASH_ANNOTATION, Child, SecretHashes, container, default_spread, empty_dir, env,
-    env_from_secret, merge_env, meta, mount, pod_security, selector_labels,
+    CONFIG_HASH_ANNOTATION, Child, SecretHashes, container, empty_dir, env, env_from_secret,
+    merge_env, meta, mount, placed, pod_security, selector_labels,
 };
 use crate::plan::{App, Component, Plan, Store};
 
@@ -180,7 +180,6 @@ pub(super) fn deployment(plan: &Plan, app: &App, hashes: &SecretHashes) -> Deplo
     });
     container.volume_mounts = Some(vec![mount("tmp", "/tmp", false)]);
 
-    let scheduling = &app.scheduling;
     Deployment {
         metadata: meta(plan, name, component),
         spec: Some(DeploymentSpec {
@@ -205,24 +204,20 @@ pub(super) fn deployment(plan: &Plan, app: &App, hashes: &SecretHashes) -> Deplo
                     annotations: Some(annotations),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    security_context: Some(pod_security(SERVICE_UID)),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
-                    volumes: Some(vec![empty_dir("tmp")]),
-                    node_selector: scheduling.node_selector.clone(),
-                    tolerations: scheduling.tolerations.clone(),
-                    affinity: scheduling.affinity.clone(),
-                    topology_spread_constraints: default_spread(
-                        plan,
-                        app.component,
-                        scheduling.topology_spread_constraints.as_ref(),
-                        scheduling.affinity.is_some(),
-                    ),
-                    ..PodSpec::default()
-                }),
+                spec: Some(placed(
+                    plan,
+                    app.component,
+                    &app.scheduling,
+                    PodSpec {
+                        containers: vec![container],
+                        security_context: Some(pod_security(SERVICE_UID)),
+                        automount_service_account_token: Some(false),
+                        enable_service_links: Some(false),
+                        termination_grace_period_seconds: Some(30),
+                        volumes: Some(vec![empty_dir("tmp")]),
+                        ..PodSpec::default()
+                    },
+                )),
             },
             ..DeploymentSpec::default()
         }),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodSecurityContext, SeccompProfile, SecretKeySelector, SecurityContext,
+    PodSecurityContext, PodSpec, SeccompProfile, SecretKeySelector, SecurityContext,
     TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use kube::api::ApiResource;
 use serde::Serialize;
 
+use crate::crd::SchedulingSpec;
 use crate::plan::{Component, Plan};
 
 pub use extras::service_monitor_resource;
@@ -212,35 +213,46 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-/// Unless the user placed the pods, replicas of one component prefer different nodes (and
-/// zones, where nodes carry the zone label).
-fn default_spread(
+/// `spec` with the user's placement for `component`. Unless the user placed the pods
+/// (`affinity` or `topologySpreadConstraints`), replicas of one component prefer different
+/// nodes (and zones, where nodes carry the zone label).
+fn placed(
     plan: &Plan,
     component: Component,
-    given: Option<&Vec<TopologySpreadConstraint>>,
-    has_affinity: bool,
-) -> Option<Vec<TopologySpreadConstraint>> {
-    if let Some(given) = given {
-        return Some(given.clone());
-    }
-    if has_affinity {
-        return None;
-    }
-    let selector = LabelSelector {
-        match_labels: Some(selector_labels(plan, component.as_str())),
-        match_expressions: None::<Vec<LabelSelectorRequirement>>,
+    scheduling: &SchedulingSpec,
+    spec: PodSpec,
+) -> PodSpec {
+    let spread = match (
+        &scheduling.topology_spread_constraints,
+        &scheduling.affinity,
+    ) {
+        (Some(given), _) => Some(given.clone()),
+        (None, Some(_)) => None,
+        (None, None) => {
+            let selector = LabelSelector {
+                match_labels: Some(selector_labels(plan, component.as_str())),
+                match_expressions: None::<Vec<LabelSelectorRequirement>>,
+            };
+            let spread = |key: &str| TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: key.into(),
+                when_unsatisfiable: "ScheduleAnyway".into(),
+                label_selector: Some(selector.clone()),
+                ..TopologySpreadConstraint::default()
+            };
+            Some(vec![
+                spread("kubernetes.io/hostname"),
+                spread("topology.kubernetes.io/zone"),
+            ])
+        }
     };
-    let spread = |key: &str| TopologySpreadConstraint {
-        max_skew: 1,
-        topology_key: key.into(),
-        when_unsatisfiable: "ScheduleAnyway".into(),
-        label_selector: Some(selector.clone()),
-        ..TopologySpreadConstraint::default()
-    };
-    Some(vec![
-        spread("kubernetes.io/hostname"),
-        spread("topology.kubernetes.io/zone"),
-    ])
+    PodSpec {
+        node_selector: scheduling.node_selector.clone(),
+        tolerations: scheduling.tolerations.clone(),
+        affinity: scheduling.affinity.clone(),
+        topology_spread_constraints: spread,
+        ..spec
+    }
 }
 
 /// A container with the settings every container of ours shares.

@@ -120,7 +120,7 @@ fn statefulset(plan: &Plan, store: &ProvisionedStore, hashes: &SecretHashes) -> 
         mongod.command = Some(vec![
             "sh".into(),
             "-c".into(),
-            "case \"$HOSTNAME\" in *-0) ;; *) unset MONGO_INITDB_ROOT_USERNAME MONGO_INITDB_ROOT_PASSWORD ;; esac; \
+            "case \"${HOSTNAME:-$(hostname)}\" in *-0) ;; *) unset MONGO_INITDB_ROOT_USERNAME MONGO_INITDB_ROOT_PASSWORD ;; esac; \
              exec docker-entrypoint.sh \"$@\""
                 .into(),
             "mongod-entrypoint".into(),

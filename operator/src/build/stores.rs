@@ -13,8 +13,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::{
-    CONFIG_HASH_ANNOTATION, container, default_spread, labels, meta, mount, pod_security,
-    selector_labels,
+    CONFIG_HASH_ANNOTATION, container, labels, meta, mount, placed, pod_security, selector_labels,
 };
 use crate::crd::DeletionPolicy;
 use crate::plan::{Component, Plan, ProvisionedStore};
@@ -38,7 +37,6 @@ pub(super) struct StorePod {
 /// cluster needs all of them up to form, and restarted ones rejoin by their stable names.
 pub(super) fn statefulset(plan: &Plan, store: &ProvisionedStore, pod: StorePod) -> StatefulSet {
     let component = pod.component.as_str();
-    let scheduling = &store.scheduling;
     StatefulSet {
         metadata: meta(plan, plan.child_name(pod.component), component),
         spec: Some(StatefulSetSpec {
@@ -59,26 +57,22 @@ pub(super) fn statefulset(plan: &Plan, store: &ProvisionedStore, pod: StorePod) 
                     )])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    init_containers: (!pod.init_containers.is_empty())
-                        .then_some(pod.init_containers),
-                    containers: vec![pod.container],
-                    security_context: Some(pod_security(STORE_UID)),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: pod.termination_grace_period_seconds,
-                    volumes: Some(pod.volumes),
-                    node_selector: scheduling.node_selector.clone(),
-                    tolerations: scheduling.tolerations.clone(),
-                    affinity: scheduling.affinity.clone(),
-                    topology_spread_constraints: default_spread(
-                        plan,
-                        pod.component,
-                        scheduling.topology_spread_constraints.as_ref(),
-                        scheduling.affinity.is_some(),
-                    ),
-                    ..PodSpec::default()
-                }),
+                spec: Some(placed(
+                    plan,
+                    pod.component,
+                    &store.scheduling,
+                    PodSpec {
+                        init_containers: (!pod.init_containers.is_empty())
+                            .then_some(pod.init_containers),
+                        containers: vec![pod.container],
+                        security_context: Some(pod_security(STORE_UID)),
+                        automount_service_account_token: Some(false),
+                        enable_service_links: Some(false),
+                        termination_grace_period_seconds: pod.termination_grace_period_seconds,
+                        volumes: Some(pod.volumes),
+                        ..PodSpec::default()
+                    },
+                )),
             },
             volume_claim_templates: Some(vec![volume_claim(store)]),
             ..StatefulSetSpec::default()

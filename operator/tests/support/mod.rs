@@ -195,6 +195,23 @@ fn rand_u32() -> u32 {
     u32::try_from(bits >> 32).expect("32 bits fit")
 }
 
+/// Waits until the `K` named `name` no longer exists in the test namespace.
+pub async fn eventually_gone<K>(env: &TestEnv, name: &str)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = env.api::<K>();
+    eventually(
+        &format!("{} {name} to be gone", K::kind(&())),
+        Duration::from_secs(30),
+        || async { api.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
