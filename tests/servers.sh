@@ -108,6 +108,11 @@ ensure_kube_apiserver() {
   local token
   token="$(openssl rand -hex 16)"
   echo "$token,admin,admin,system:masters" >"$dir/tokens.csv"
+  # The Helm chart's operator ServiceAccount (release "chat" in "chat-system"), for the test that
+  # runs the operator with only the rights the chart grants it (RBAC authorization is on).
+  local operator_token
+  operator_token="$(openssl rand -hex 16)"
+  echo "$operator_token,system:serviceaccount:chat-system:chat-operator,chat-operator-uid,\"system:serviceaccounts,system:serviceaccounts:chat-system,system:authenticated\"" >>"$dir/tokens.csv"
   log "starting kube-apiserver on 127.0.0.1:$api_port"
   "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 \
     --secure-port "$api_port" --advertise-address 127.0.0.1 --cert-dir "$dir/certs" \
@@ -139,6 +144,11 @@ KUBECONFIG
     fi
     sleep 0.5
   done
+  sed -e "s/token: \"$token\"/token: \"$operator_token\"/" -e "s/name: admin/name: operator/" \
+    -e "s/user: admin/user: operator/" "$dir/kubeconfig" >"$dir/kubeconfig-operator"
   export TEST_KUBECONFIG="$dir/kubeconfig"
+  export TEST_OPERATOR_KUBECONFIG="$dir/kubeconfig-operator"
+  # helm (built beside the API server) for the chart's tests.
+  export PATH="$bin:$PATH"
   log "kube-apiserver ready (TEST_KUBECONFIG=$TEST_KUBECONFIG)"
 }

@@ -142,7 +142,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Context::new(client.clone(), metrics, settings);
+    let ctx = Context::new(client.clone(), metrics.clone(), settings);
     let ns = namespace.as_deref();
     // Children are watched by label, so the operator neither receives nor holds the cluster's
     // other objects (every Secret, say).
@@ -174,14 +174,18 @@ pub async fn run(
     .with_config(ControllerConfig::default().concurrency(4))
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        // A failed reconcile is already logged, counted and evented by error_policy; anything
-        // else (a watch failing on a missing CRD, RBAC denying a kind) would leave the operator
-        // idle: say so loudly.
-        if let Err(e) = result
-            && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
-        {
-            warn!(error = %e, "controller error");
+    .for_each(|result| {
+        let metrics = metrics.clone();
+        async move {
+            // A failed reconcile is already logged, counted and evented by error_policy; anything
+            // else (a watch failing on a missing CRD, RBAC denying a kind) would leave the operator
+            // idle: say so loudly.
+            if let Err(e) = result
+                && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
+            {
+                metrics.watch_errors.inc();
+                warn!(error = %e, "controller error");
+            }
         }
     })
     .await;

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub reconciles: IntCounter,
     pub failures: IntCounterVec,
     pub duration: Histogram,
+    /// Watches that failed (a missing CRD, RBAC refusing a kind): the operator goes blind.
+    pub watch_errors: IntCounter,
 }
 
 impl Default for Metrics {
@@ -48,6 +50,14 @@ impl Metrics {
             ]),
         )
         .expect("static metric definition");
+        let watch_errors = IntCounter::new(
+            "chat_operator_watch_errors_total",
+            "Errors of the watches that trigger reconciles (each is retried with backoff).",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(watch_errors.clone()))
+            .expect("unique metric");
         registry
             .register(Box::new(reconciles.clone()))
             .expect("unique metric");
@@ -68,6 +78,7 @@ impl Metrics {
             reconciles,
             failures,
             duration,
+            watch_errors,
         }
     }
 

@@ -31,9 +31,13 @@ pub fn kubeconfig_path() -> String {
 }
 
 pub async fn client() -> Client {
-    let path = kubeconfig_path();
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("cannot read TEST_KUBECONFIG={path}: {e}"));
+    client_from(&kubeconfig_path()).await
+}
+
+/// A client with the identity of the kubeconfig at `path`.
+pub async fn client_from(path: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("cannot read the kubeconfig {path}: {e}"));
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig is usable");
@@ -113,9 +117,16 @@ impl TestEnv {
     /// A fresh namespace with the controller running in this process.
     pub async fn start(prefix: &str) -> Self {
         let env = Self::bare(prefix).await;
+        env.run_controller(env.client.clone());
+        env
+    }
+
+    /// Runs the controller over this namespace with `client`'s identity until the env drops.
+    pub fn run_controller(&self, client: Client) {
+        let env = self;
         let mut rx = env.stop.subscribe();
         tokio::spawn(controller::run(
-            env.client.clone(),
+            client,
             Some(env.ns.clone()),
             OperatorSettings::default(),
             env.metrics.clone(),
@@ -123,7 +134,6 @@ impl TestEnv {
                 let _ = rx.wait_for(|s| *s).await;
             },
         ));
-        env
     }
 
     pub fn api<K>(&self) -> Api<K>
