@@ -337,3 +337,85 @@ async fn the_operator_reaches_ready_with_only_the_rights_the_chart_grants() {
     assert_eq!(failures, 0, "no reconcile failed");
     assert_eq!(env.metrics.watch_errors.get(), 0, "no watch was refused");
 }
+
+/// `k8s/`: the plain manifests for users without Helm. `operator.yaml` is the chart rendered by
+/// `k8s/render-operator.sh` (a stale copy fails here); everything in `k8s/` passes a server-side
+/// dry-run, and every example is a valid ChatCluster for the operator's own type.
+#[tokio::test]
+async fn the_plain_manifests_match_the_chart_and_the_api_server_accepts_them() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fresh = std::env::temp_dir().join(format!("operator-{}.yaml", std::process::id()));
+    let out = Command::new("bash")
+        .arg(root.join("k8s/render-operator.sh"))
+        .env("OUT", &fresh)
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = std::fs::read_to_string(root.join("k8s/operator.yaml")).unwrap();
+    let rendered = std::fs::read_to_string(&fresh).unwrap();
+    let _ = std::fs::remove_file(&fresh);
+    assert!(
+        committed == rendered,
+        "k8s/operator.yaml is stale: run `bash k8s/render-operator.sh` and commit it"
+    );
+
+    let client = support::client().await;
+    support::install_crd(&client).await;
+    ensure_namespace(&client, RELEASE_NAMESPACE).await;
+    let docs = |file: &str| -> Vec<Value> {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|d| {
+                let v = <Value as serde::Deserialize>::deserialize(d).unwrap();
+                (!v.is_null()).then_some(v)
+            })
+            .collect()
+    };
+    let operator = docs("k8s/operator.yaml");
+    let kinds: Vec<_> = operator
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Service",
+            "Deployment"
+        ]
+    );
+    for doc in operator.iter().chain(docs("k8s/crd.yaml").iter()) {
+        apply(&client, doc, false).await.unwrap_or_else(|e| {
+            panic!(
+                "{} {} is refused: {e}",
+                doc["kind"], doc["metadata"]["name"]
+            )
+        });
+    }
+    let examples = root.join("k8s/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let file = format!(
+            "k8s/examples/{}",
+            entry.unwrap().file_name().to_string_lossy()
+        );
+        for doc in docs(&file) {
+            let cluster: ChatCluster = parse(&doc);
+            assert_eq!(cluster.metadata.name.as_deref(), Some("chat"), "{file}");
+            let mut doc = doc.clone();
+            doc["metadata"]["namespace"] = json!(RELEASE_NAMESPACE);
+            apply(&client, &doc, false)
+                .await
+                .unwrap_or_else(|e| panic!("{file} is refused: {e}"));
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 3, "minimal, production and external-mongodb");
+}
