@@ -17,6 +17,8 @@ metadata:
   name: chat-system
   labels:
     app.kubernetes.io/part-of: chat
+    # The operator's pod meets the restricted Pod Security Standard.
+    pod-security.kubernetes.io/enforce: restricted
 HEADER
   # Not installed by Helm: no Helm labels.
   "$HELM" template chat charts/chat --namespace chat-system |

@@ -121,6 +121,7 @@ ensure_kube_apiserver() {
     --service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 --enable-priority-and-fairness=false \
     --endpoint-reconciler-type none \
+    --enable-admission-plugins OwnerReferencesPermissionEnforcement \
     >"$dir/apiserver.log" 2>&1 &
   EXTRA_PIDS+=($!)
   cat >"$dir/kubeconfig" <<KUBECONFIG

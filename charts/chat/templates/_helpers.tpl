@@ -49,3 +49,14 @@ app.kubernetes.io/component: operator
 {{- define "chat.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/* Cluster-scoped objects carry the release namespace: two releases of one name in different
+namespaces must not collide. */}}
+{{- define "chat.clusterScopedName" -}}
+{{- printf "%s-%s-operator" (include "chat.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Where the optional ChatCluster (and its helm test) lives: where the operator watches. */}}
+{{- define "chat.clusterNamespace" -}}
+{{- default .Release.Namespace .Values.operator.watchNamespace }}
+{{- end }}
