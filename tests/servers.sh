@@ -91,7 +91,6 @@ ensure_kube_apiserver() {
   if ! command -v kubectl >/dev/null 2>&1; then
     log "kubectl is missing: building it from the same Kubernetes version"
     WITH_KUBECTL=1 bash "$ROOT/tests/k8s/build.sh" >/dev/null
-    export PATH="$bin:$PATH"
   fi
   local dir="$RUN_DIR/k8s" etcd_port peer_port api_port
   mkdir -p "$dir"
@@ -149,7 +148,7 @@ KUBECONFIG
     -e "s/user: admin/user: operator/" "$dir/kubeconfig" >"$dir/kubeconfig-operator"
   export TEST_KUBECONFIG="$dir/kubeconfig"
   export TEST_OPERATOR_KUBECONFIG="$dir/kubeconfig-operator"
-  # helm (built beside the API server) for the chart's tests.
+  # helm (built beside the API server) for the chart's tests, and kubectl if it was built.
   export PATH="$bin:$PATH"
   log "kube-apiserver ready (TEST_KUBECONFIG=$TEST_KUBECONFIG)"
 }

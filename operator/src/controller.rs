@@ -458,32 +458,25 @@ fn api_message(e: &kube::Error) -> String {
 
 /// Reads what an applied child reports into `observed`.
 fn observe(plan: &Plan, child: &Child, object: &DynamicObject, observed: &mut Observed) {
-    let kind = child.resource.kind.as_str();
-    let value = serde_json::to_value(object).unwrap_or_default();
-    let component = |name: &str| {
+    // Only workloads and the init Job report anything; other kinds are not parsed at all.
+    let component = || {
         Component::ALL
             .into_iter()
-            .find(|c| plan.child_name(*c) == name)
+            .find(|c| plan.child_name(*c) == child.name)
     };
-    match kind {
+    match child.resource.kind.as_str() {
         "Deployment" => {
-            if let (Some(c), Ok(d)) = (
-                component(&child.name),
-                serde_json::from_value::<Deployment>(value),
-            ) {
+            if let (Some(c), Ok(d)) = (component(), object.clone().try_parse::<Deployment>()) {
                 observed.workloads.insert(c, Workload::from_deployment(&d));
             }
         }
         "StatefulSet" => {
-            if let (Some(c), Ok(s)) = (
-                component(&child.name),
-                serde_json::from_value::<StatefulSet>(value),
-            ) {
+            if let (Some(c), Ok(s)) = (component(), object.clone().try_parse::<StatefulSet>()) {
                 observed.workloads.insert(c, Workload::from_statefulset(&s));
             }
         }
         "Job" => {
-            if let Ok(job) = serde_json::from_value::<Job>(value) {
+            if let Ok(job) = object.clone().try_parse::<Job>() {
                 observed.init_job = Some(JobState::from_job(&job));
             }
         }

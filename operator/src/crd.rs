@@ -17,9 +17,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of every resource this operator defines.
-pub const GROUP: &str = "chat.example.io";
-
 /// A whole chat system: MongoDB, RabbitMQ and the auth, chat and websocket services.
 // kube's `printcolumn(...)` repeats its keys once per column by design.
 #[allow(clippy::duplicated_attributes)]

@@ -41,7 +41,6 @@ impl Component {
         Self::Chat,
         Self::WebSocket,
     ];
-    pub const SERVICES: [Component; 3] = [Self::Auth, Self::Chat, Self::WebSocket];
 
     /// The `app.kubernetes.io/component` label and the suffix of the children's names.
     pub fn as_str(self) -> &'static str {

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chat_operator::crd::ChatCluster;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -17,7 +16,9 @@ use kube::api::{
 };
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use support::{TestEnv, eventually, eventually_gone, make_ready, set_workload_status};
+use support::{
+    TestEnv, create_secret, eventually, eventually_gone, make_ready, set_workload_status,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -392,33 +393,17 @@ async fn deleted_and_edited_children_are_repaired() {
     .await;
 }
 
-fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
-    Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Secret::default()
-    }
-}
-
 #[tokio::test]
 async fn existing_secrets_are_kept_and_a_changed_secret_rolls_its_readers() {
     let env = TestEnv::start("secrets").await;
     let secrets = env.api::<Secret>();
     // A JWT Secret that exists before the cluster (restored from a backup, say) is kept.
-    secrets
-        .create(
-            &PostParams::default(),
-            &secret("demo-jwt", &[("secret", "precreated-secret-of-32-bytes!!")]),
-        )
-        .await
-        .unwrap();
+    create_secret(
+        &env,
+        "demo-jwt",
+        &[("secret", "precreated-secret-of-32-bytes!!")],
+    )
+    .await;
     env.create_cluster("demo", json!({})).await;
     let deployments = env.api::<Deployment>();
     let hash = |d: Deployment| {
@@ -556,21 +541,13 @@ async fn a_missing_referenced_secret_degrades_until_it_exists() {
     );
 
     // The user creates them; the periodic re-check is 5 minutes, an edit of the cluster is now.
-    let secrets = env.api::<Secret>();
-    secrets
-        .create(
-            &PostParams::default(),
-            &secret("atlas", &[("uri", "mongodb://db.example:27017/")]),
-        )
-        .await
-        .unwrap();
-    secrets
-        .create(
-            &PostParams::default(),
-            &secret("signing", &[("secret", "0123456789abcdef0123456789abcdef")]),
-        )
-        .await
-        .unwrap();
+    create_secret(&env, "atlas", &[("uri", "mongodb://db.example:27017/")]).await;
+    create_secret(
+        &env,
+        "signing",
+        &[("secret", "0123456789abcdef0123456789abcdef")],
+    )
+    .await;
     env.api::<ChatCluster>()
         .patch(
             "demo",

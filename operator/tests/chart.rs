@@ -296,12 +296,12 @@ async fn the_operator_reaches_ready_with_only_the_rights_the_chart_grants() {
     // it owned, which (with OwnerReferencesPermissionEnforcement on) needs the chart's rights on
     // Secrets and on chatclusters/finalizers.
     let secrets = env.api::<k8s_openapi::api::core::v1::Secret>();
-    let jwt: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": "demo-jwt"},
-        "stringData": {"secret": "0123456789abcdef0123456789abcdef"},
-    }))
-    .unwrap();
-    secrets.create(&PostParams::default(), &jwt).await.unwrap();
+    support::create_secret(
+        &env,
+        "demo-jwt",
+        &[("secret", "0123456789abcdef0123456789abcdef")],
+    )
+    .await;
     env.run_controller(restricted);
     env.create_cluster(
         "demo",

@@ -18,7 +18,7 @@ use super::{Child, meta, selector_labels};
 use crate::plan::{Component, Plan, Store};
 
 /// The Prometheus operator's ServiceMonitor (no k8s-openapi type: its CRD may be absent).
-pub fn service_monitor_resource() -> ApiResource {
+fn service_monitor_resource() -> ApiResource {
     ApiResource {
         group: "monitoring.coreos.com".into(),
         version: "v1".into(),

@@ -23,7 +23,6 @@ use serde::Serialize;
 use crate::crd::SchedulingSpec;
 use crate::plan::{Component, Plan};
 
-pub use extras::service_monitor_resource;
 pub use mongodb::INIT as MONGODB_INIT;
 
 /// The operator's field manager for server-side apply, and the `managed-by` label value.

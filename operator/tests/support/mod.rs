@@ -318,49 +318,50 @@ pub async fn complete_init_job(env: &TestEnv, cluster: &str) {
 
 /// Makes every workload of `cluster` ready and its init Job complete.
 pub async fn make_ready(env: &TestEnv, cluster: &str) {
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
     for c in ["auth", "chat", "websocket"] {
         let name = format!("{cluster}-{c}");
-        eventually(
+        let deployment = eventually(
             &format!("Deployment {name}"),
             Duration::from_secs(10),
-            || async {
-                env.api::<k8s_openapi::api::apps::v1::Deployment>()
-                    .get_opt(&name)
-                    .await
-                    .ok()?
-            },
+            || async { env.api::<Deployment>().get_opt(&name).await.ok()? },
         )
         .await;
-        let replicas = env
-            .api::<k8s_openapi::api::apps::v1::Deployment>()
-            .get(&name)
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .replicas
-            .unwrap_or(1);
+        let replicas = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
         set_workload_status(env, "Deployment", &name, replicas).await;
     }
+    let mut mongodb_provisioned = false;
     for c in ["mongodb", "rabbitmq"] {
         let name = format!("{cluster}-{c}");
-        if let Some(s) = env
-            .api::<k8s_openapi::api::apps::v1::StatefulSet>()
-            .get_opt(&name)
-            .await
-            .unwrap()
-        {
-            let replicas = s.spec.unwrap().replicas.unwrap_or(1);
+        if let Some(s) = env.api::<StatefulSet>().get_opt(&name).await.unwrap() {
+            mongodb_provisioned |= c == "mongodb";
+            let replicas = s.spec.and_then(|s| s.replicas).unwrap_or(1);
             set_workload_status(env, "StatefulSet", &name, replicas).await;
         }
     }
-    if env
-        .api::<k8s_openapi::api::apps::v1::StatefulSet>()
-        .get_opt(&format!("{cluster}-mongodb"))
-        .await
-        .unwrap()
-        .is_some()
-    {
+    if mongodb_provisioned {
         complete_init_job(env, cluster).await;
     }
+}
+
+/// Creates the Secret `name` with `data` in the test namespace (as a user would).
+pub async fn create_secret(env: &TestEnv, name: &str, data: &[(&str, &str)]) {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..kube::api::ObjectMeta::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("Secret {name}: {e}"));
 }
