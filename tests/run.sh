@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command. On a fresh machine it installs and starts what the tests need
 # (RabbitMQ from Debian's packages, the MongoDB-wire-compatible secantusdb server in a Python venv,
-# a current kube-apiserver and etcd built once from the Go module proxy: tests/k8s/build.sh),
+# a current kube-apiserver and etcd built once from the Go module proxy: tests/k8s/build.sh;
+# buildah, a stand-in distroless base and release binaries for the image tests),
 # runs rustfmt, clippy and the whole workspace's tests against them, and stops what it started.
 #
 #   bash tests/run.sh                 # everything
@@ -21,6 +22,13 @@ ensure_secantus
 if [ $# -eq 0 ] || [[ " $* " == *" chat-operator "* ]] || [[ " $* " != *" -p "* ]]; then
   ensure_kube_apiserver
 fi
+# e2e-tests' deployment checks: the images (buildah, a base image, release binaries), the
+# compose file (dclint), the dashboard and alert rules (helm, promcheck).
+if [ $# -eq 0 ] || [[ " $* " == *" e2e-tests "* ]] || [[ " $* " != *" -p "* ]]; then
+  ensure_k8s_tools
+  ensure_dclint
+  ensure_images
+fi
 export TEST_RABBITMQ_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
 
 if [ "${SKIP_LINT:-0}" != 1 ]; then
@@ -31,7 +39,7 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
 fi
 log "cargo test (TEST_MONGODB_URL=$TEST_MONGODB_URL)"
 set +e
-cargo test --workspace --locked "$@" 2>&1 | tee "$RUN_DIR/test.log"
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$RUN_DIR/test.log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run, summed over every test binary.

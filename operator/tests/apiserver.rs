@@ -774,12 +774,15 @@ async fn an_unserved_optional_api_is_skipped_with_a_note_and_the_cluster_still_g
 #[tokio::test]
 async fn the_readme_kubectl_commands_work() {
     let env = TestEnv::start("kubectl").await;
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let root = format!(
+        "{}/..",
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")
+    );
     let kubectl = |args: &[&str]| {
         let out = std::process::Command::new("kubectl")
             .args(args)
             .env("KUBECONFIG", support::kubeconfig_path())
-            .current_dir(root)
+            .current_dir(&root)
             .output()
             .expect("kubectl is installed (tests/run.sh builds it when missing)");
         assert!(
@@ -796,7 +799,7 @@ async fn the_readme_kubectl_commands_work() {
     let name = "chat";
     let waiter = {
         let ns = env.ns.clone();
-        let root = root.to_owned();
+        let root = root.clone();
         std::thread::spawn(move || {
             std::process::Command::new("kubectl")
                 .args([

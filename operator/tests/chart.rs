@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chat_operator::crd::ChatCluster;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -23,7 +23,8 @@ const RELEASE: &str = "chat";
 const RELEASE_NAMESPACE: &str = "chat-system";
 
 fn chart_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/chat")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("../charts/chat")
 }
 
 /// Runs `helm` with `args`; returns (success, stdout, stderr).
@@ -116,6 +117,8 @@ fn the_chart_lints_and_every_rendered_document_parses_into_its_type() {
                 "ChatCluster" => drop(parse::<ChatCluster>(doc)),
                 // No k8s-openapi type: the shape the Prometheus operator reads.
                 "ServiceMonitor" => assert_eq!(doc["spec"]["endpoints"][0]["port"], "metrics"),
+                "ConfigMap" => check_dashboard_config_map(&parse(doc)),
+                "PrometheusRule" => check_prometheus_rule(doc),
                 other => panic!("{name}: unexpected kind {other}"),
             }
             let labels = &doc["metadata"]["labels"];
@@ -143,9 +146,11 @@ fn the_chart_lints_and_every_rendered_document_parses_into_its_type() {
                 "ChatCluster",
                 "ClusterRole",
                 "ClusterRoleBinding",
+                "ConfigMap",
                 "CustomResourceDefinition",
                 "Deployment",
                 "Pod",
+                "PrometheusRule",
                 "Service",
                 "ServiceAccount",
                 "ServiceMonitor",
@@ -153,6 +158,229 @@ fn the_chart_lints_and_every_rendered_document_parses_into_its_type() {
         };
         assert_eq!(kinds, expected, "{name} values");
     }
+}
+
+/// The Grafana dashboard's ConfigMap (full values): labelled for Grafana's sidecar, in the
+/// namespace asked, holding `dashboards/chat-backend.json` byte for byte.
+fn check_dashboard_config_map(config_map: &ConfigMap) {
+    let file = std::fs::read_to_string(chart_dir().join("dashboards/chat-backend.json")).unwrap();
+    let data = config_map.data.as_ref().expect("the ConfigMap has data");
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["chat-backend.json"],
+        "one dashboard"
+    );
+    assert!(
+        data["chat-backend.json"] == file,
+        "the ConfigMap's dashboard differs from charts/chat/dashboards/chat-backend.json"
+    );
+    let dashboard: Value = serde_json::from_str(&file).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "chat-backend");
+    let meta = &config_map.metadata;
+    assert_eq!(
+        meta.namespace.as_deref(),
+        Some("monitoring"),
+        "grafanaDashboard.namespace"
+    );
+    // Outside the release namespace the name carries it (releases elsewhere do not collide).
+    assert_eq!(meta.name.as_deref(), Some("chat-chat-system-dashboard"));
+    let labels = meta.labels.as_ref().unwrap();
+    assert_eq!(labels["grafana_dashboard"], "1", "the sidecar's label");
+    assert_eq!(
+        labels["example.com/team"], "chat",
+        "grafanaDashboard.labels"
+    );
+    assert_eq!(labels["app.kubernetes.io/component"], "monitoring");
+    assert_eq!(
+        meta.annotations.as_ref().unwrap()["grafana_folder"],
+        "Chat",
+        "grafanaDashboard.annotations"
+    );
+}
+
+/// The alerts a person is paged with, by name (full values: every one enabled).
+const ALERTS: [&str; 6] = [
+    "ChatEventPublishFailures",
+    "ChatDeliveryLatencyHigh",
+    "ChatSlowClientsDropped",
+    "ChatComponentNotReady",
+    "ChatMetricsTargetDown",
+    "ChatOperatorDown",
+];
+
+/// The PrometheusRule (full values; no k8s-openapi type, and its CRD is absent from the test
+/// API server): the shape the Prometheus operator reads, and every alert with its severity,
+/// `for`, the values' extra labels and text a person can act on. Its PromQL is parsed and its
+/// metrics checked against the services' real exposition by tests/tests/dashboard.rs.
+fn check_prometheus_rule(doc: &Value) {
+    assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(doc["metadata"]["namespace"], RELEASE_NAMESPACE);
+    assert_eq!(
+        doc["metadata"]["labels"]["release"], "kube-prometheus-stack",
+        "metrics.prometheusRule.labels"
+    );
+    assert_eq!(
+        doc["metadata"]["annotations"]["example.com/owner"],
+        "chat-team"
+    );
+    let groups = doc["spec"]["groups"].as_array().expect("spec.groups");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["name"], "chat-backend");
+    let rules = groups[0]["rules"].as_array().expect("rules");
+    let names: Vec<_> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    assert_eq!(names, ALERTS);
+    for rule in rules {
+        let name = rule["alert"].as_str().unwrap();
+        // Sorted: serde_json keeps insertion order when another crate of the workspace turns on
+        // its `preserve_order` feature.
+        let mut keys = rule
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["alert", "annotations", "expr", "for", "labels"],
+            "{name}: only the fields of a Prometheus alerting rule"
+        );
+        assert!(
+            !rule["expr"].as_str().unwrap().trim().is_empty(),
+            "{name} has an expression"
+        );
+        assert!(
+            rule["for"].as_str().unwrap().ends_with('m'),
+            "{name}: for {}",
+            rule["for"]
+        );
+        let severity = rule["labels"]["severity"].as_str().unwrap();
+        assert!(
+            matches!(severity, "critical" | "warning"),
+            "{name}: {severity}"
+        );
+        assert_eq!(rule["labels"]["team"], "chat", "{name}: alertLabels");
+        let annotations = &rule["annotations"];
+        for key in ["summary", "description", "runbook"] {
+            let text = annotations[key].as_str().unwrap_or_default();
+            assert!(text.len() > 20, "{name}: {key} says something: {text:?}");
+        }
+        assert_eq!(
+            annotations["runbook_url"],
+            format!(
+                "https://runbooks.example.com/chat#{}",
+                name.to_ascii_lowercase()
+            )
+        );
+    }
+    // The thresholds and durations of full-values.yaml, where they belong.
+    let rule = |name: &str| rules.iter().find(|r| r["alert"] == name).unwrap();
+    let expr = |name: &str| rule(name)["expr"].as_str().unwrap().to_owned();
+    assert!(expr("ChatEventPublishFailures").ends_with("> 0.05"));
+    assert!(expr("ChatDeliveryLatencyHigh").ends_with("> 1.5"));
+    assert!(expr("ChatSlowClientsDropped").ends_with("> 25"));
+    assert_eq!(rule("ChatEventPublishFailures")["for"], "2m");
+    assert_eq!(rule("ChatComponentNotReady")["for"], "15m");
+    assert_eq!(rule("ChatOperatorDown")["labels"]["severity"], "warning");
+    // The operator's own target is selected exactly; metrics.prometheusRule.matchers scope the
+    // ChatClusters' series only.
+    assert_eq!(
+        expr("ChatOperatorDown"),
+        r#"up{job="chat-operator-metrics", namespace="chat-system"} == 0 or absent(up{job="chat-operator-metrics", namespace="chat-system"})"#
+    );
+    assert!(expr("ChatMetricsTargetDown").contains(r#"namespace=~"chat|chat-staging""#));
+}
+
+/// The PrometheusRule comes with the ServiceMonitor option unless told otherwise, and the
+/// operator's own alert only with the target the ServiceMonitor makes.
+#[test]
+fn the_prometheus_rule_follows_the_service_monitor_option() {
+    let alerts = |args: &[&str]| -> Option<Vec<String>> {
+        let docs = render(args);
+        let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule")?;
+        Some(
+            rule["spec"]["groups"][0]["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["alert"].as_str().unwrap().to_owned())
+                .collect(),
+        )
+    };
+    assert_eq!(alerts(&[]), None, "off by default");
+    assert_eq!(
+        alerts(&["--set", "metrics.serviceMonitor.enabled=true"]).as_deref(),
+        Some(&ALERTS.map(str::to_owned)[..]),
+        "with the ServiceMonitor"
+    );
+    assert_eq!(
+        alerts(&[
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.prometheusRule.enabled=false"
+        ]),
+        None,
+        "turned off"
+    );
+    assert_eq!(
+        alerts(&[
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.prometheusRule.alerts.slowClientsDropped.enabled=false"
+        ])
+        .as_deref(),
+        Some(
+            &[
+                "ChatEventPublishFailures",
+                "ChatDeliveryLatencyHigh",
+                "ChatComponentNotReady",
+                "ChatMetricsTargetDown"
+            ]
+            .map(str::to_owned)[..]
+        ),
+        "forced on without the ServiceMonitor: no operator target to watch"
+    );
+    let docs = render(&["--set", "grafanaDashboard.enabled=true"]);
+    let dashboard = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    assert_eq!(dashboard["metadata"]["namespace"], RELEASE_NAMESPACE);
+    assert_eq!(dashboard["metadata"]["name"], "chat-dashboard");
+}
+
+/// Chart.yaml's `version` and `appVersion` (every image's default tag) are the workspace's
+/// version (Cargo.toml `[workspace.package]`).
+#[test]
+fn the_chart_version_follows_the_workspace_version() {
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("..");
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let workspace = cargo
+        .split("\n[")
+        .find(|section| section.starts_with("workspace.package]"))
+        .expect("Cargo.toml has [workspace.package]");
+    let version = workspace
+        .lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "version").then(|| value.trim().trim_matches('"').to_owned())
+        })
+        .expect("[workspace.package] sets version");
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(chart["version"], version.as_str(), "Chart.yaml version");
+    assert_eq!(
+        chart["appVersion"],
+        version.as_str(),
+        "Chart.yaml appVersion"
+    );
+    assert_eq!(
+        version,
+        env!("CARGO_PKG_VERSION"),
+        "the operator's own version"
+    );
 }
 
 #[test]
@@ -178,6 +406,13 @@ fn the_values_schema_refuses_typos_and_bad_values() {
         "metrics.service.enabld=true",
         "test.image.tg=1",
         "serviceAccount.create=false",
+        "grafanaDashboard.enabeld=true",
+        "grafanaDashboard.namespace=Not_A_Namespace",
+        "metrics.prometheusRule.alerts.deliveryLatency.p99Second=1",
+        "metrics.prometheusRule.alerts.publishFailures.ratio=2",
+        "metrics.prometheusRule.alerts.targetDown.for=soon",
+        "metrics.prometheusRule.alerts.pagerDuty.enabled=true",
+        "metrics.prometheusRule.matchers=namespace=\"chat\"}",
     ] {
         let (ok, _, err) = helm(&["template", RELEASE, chart, "--set", bad]);
         assert!(!ok, "{bad} was accepted");
@@ -240,11 +475,16 @@ async fn every_rendered_object_is_accepted_by_the_api_server() {
     let client = support::client().await;
     support::install_crd(&client).await;
     ensure_namespace(&client, RELEASE_NAMESPACE).await;
+    // Where full-values.yaml puts the Grafana dashboard (Grafana's namespace).
+    ensure_namespace(&client, "monitoring").await;
     let values = full_values();
     for docs in [render(&[]), render(&["-f", &values])] {
         for doc in &docs {
-            if doc["kind"] == "ServiceMonitor" {
-                continue; // its CRD is not served here: parsed only (above)
+            if matches!(
+                doc["kind"].as_str(),
+                Some("ServiceMonitor" | "PrometheusRule")
+            ) {
+                continue; // their CRDs are not served here: parsed only (above)
             }
             apply(&client, doc, false).await.unwrap_or_else(|e| {
                 panic!(
@@ -387,7 +627,9 @@ async fn the_operator_reaches_ready_with_only_the_rights_the_chart_grants() {
 /// dry-run, and every example is a valid ChatCluster for the operator's own type.
 #[tokio::test]
 async fn the_plain_manifests_match_the_chart_and_the_api_server_accepts_them() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("..");
     let fresh = std::env::temp_dir().join(format!("operator-{}.yaml", std::process::id()));
     let out = Command::new("bash")
         .arg(root.join("k8s/render-operator.sh"))

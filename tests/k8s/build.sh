@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Builds a current kube-apiserver, etcd and the Helm CLI (and, when asked, kube-controller-manager
-# and kubectl) from the Go module proxy (route A of ../shared/kube-apiserver.md) into a cache
-# outside the clone, one file per tool and version, and prints a folder holding them under their
-# plain names. A second run finds them there and costs nothing; a version bump rebuilds only
-# that tool.
+# Builds a current kube-apiserver, etcd, the Helm CLI, tiltcheck and promcheck (and, when asked,
+# kube-controller-manager and kubectl) from the Go module proxy (route A of
+# ../shared/kube-apiserver.md) into a cache outside the clone, one file per tool and version, and
+# prints a folder holding them under their plain names. A second run finds them there and costs
+# nothing; a version bump rebuilds only that tool.
 #
 #   bash tests/k8s/build.sh        # -> ~/.cache/chat-backend/k8s/bin
 #
-# The wrapper modules (apiserver/, etcd/, helm/) pin every version in their go.mod/go.sum;
-# nothing here floats. Measured cold on 2 cores: see README ("Testing the operator").
+# The modules (apiserver/, etcd/, helm/, tiltcheck/, promcheck/) pin every version in their
+# go.mod/go.sum; nothing here floats. Measured cold on 2 cores: see README ("Testing the operator").
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 K8S_VERSION="v1.37.2"
@@ -47,6 +47,14 @@ build() { # module-dir package name version ldflags
 build etcd go.etcd.io/etcd/server/v3 etcd "$ETCD_VERSION" ""
 build apiserver k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$K8S_VERSION" "$K8S_FLAGS"
 build helm helm.sh/helm/v4/cmd/helm helm "$HELM_VERSION" "$HELM_FLAGS"
+# The Tiltfile and kind config checker (tiltcheck/, this repository's own code; small: about
+# 30 s cold, 4 MB), cached under a hash of its sources so that an edit rebuilds it.
+TILTCHECK_HASH="$(cat "$HERE"/tiltcheck/go.mod "$HERE"/tiltcheck/go.sum "$HERE"/tiltcheck/*.go | sha256sum | cut -c1-16)"
+build tiltcheck . tiltcheck "$TILTCHECK_HASH" ""
+# The PromQL checker (promcheck/, this repository's own code over Prometheus' parser; about 85 s
+# cold, 7 MB) for the dashboard and alert rules test, cached under a hash of its sources too.
+PROMCHECK_HASH="$(cat "$HERE"/promcheck/go.mod "$HERE"/promcheck/go.sum "$HERE"/promcheck/*.go | sha256sum | cut -c1-16)"
+build promcheck . promcheck "$PROMCHECK_HASH" ""
 if [ "${WITH_CONTROLLER_MANAGER:-0}" = 1 ]; then
   build apiserver k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$K8S_VERSION" "$K8S_FLAGS"
 fi

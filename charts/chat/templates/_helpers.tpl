@@ -60,3 +60,29 @@ namespaces must not collide. */}}
 {{- define "chat.clusterNamespace" -}}
 {{- default .Release.Namespace .Values.operator.watchNamespace }}
 {{- end }}
+
+{{/* Whether the PrometheusRule is rendered: metrics.prometheusRule.enabled, or when unset,
+metrics.serviceMonitor.enabled. Prints "true" or nothing. */}}
+{{- define "chat.prometheusRule.enabled" -}}
+{{- $enabled := .Values.metrics.prometheusRule.enabled -}}
+{{- if kindIs "invalid" $enabled }}{{ $enabled = .Values.metrics.serviceMonitor.enabled }}{{ end -}}
+{{- if $enabled }}true{{ end -}}
+{{- end }}
+
+{{/* A PromQL label selector, braces included: (list $ "extra matchers") joined with
+metrics.prometheusRule.matchers; "{}" when both are empty. */}}
+{{- define "chat.alertSelector" -}}
+{{- $root := index . 0 -}}
+{{- printf "{%s}" (join ", " (compact (list (index . 1) $root.Values.metrics.prometheusRule.matchers))) -}}
+{{- end }}
+
+{{/* The dashboard's ConfigMap. Outside the release namespace its name carries that namespace:
+releases of one name in several namespaces must not overwrite each other's in Grafana's. */}}
+{{- define "chat.dashboardName" -}}
+{{- $namespace := default .Release.Namespace .Values.grafanaDashboard.namespace -}}
+{{- if eq $namespace .Release.Namespace -}}
+{{- printf "%s-dashboard" (include "chat.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s-dashboard" (include "chat.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end }}

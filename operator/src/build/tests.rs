@@ -64,7 +64,9 @@ fn render(children: &[Child]) -> String {
 }
 
 fn check_golden(name: &str, children: &[Child]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.yaml"));
+    let path =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join(format!("tests/golden/{name}.yaml"));
     let rendered = render(children);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &rendered).expect("golden file written");
@@ -211,7 +213,9 @@ fn replica_sets_list_every_member_and_clusters_share_a_cookie() {
 
 #[test]
 fn the_committed_crd_is_crdgens_output() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../k8s/crd.yaml");
+    let path =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("../k8s/crd.yaml");
     let committed = std::fs::read_to_string(&path).expect("k8s/crd.yaml exists");
     assert!(
         committed == crate::crd_yaml(),

@@ -13,7 +13,10 @@ use chat_common::{
 use support::spawn_app_with;
 
 fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/tests/fixtures/{name}",
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")
+    )
 }
 
 const INTERNAL: &str = "internal-token-for-tests-0123456789";

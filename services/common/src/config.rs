@@ -3,7 +3,7 @@
 //! The seed's variable names come first (`PORT`, `DATABASE_URL`, `JWT_SECRET`, ...); every extra has a
 //! documented default. A malformed value is an error naming the variable, never a silent default.
 
-use std::{fmt::Display, str::FromStr, time::Duration};
+use std::{cell::RefCell, collections::BTreeSet, fmt::Display, str::FromStr, time::Duration};
 
 /// A configuration value that is missing or cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,36 @@ impl Source for Vec<(String, String)> {
 impl<S: Source + ?Sized> Source for &S {
     fn get(&self, name: &str) -> Option<String> {
         (**self).get(name)
+    }
+}
+
+/// A [`Source`] that notes every name asked of it. Parsing a configuration over it tells which
+/// variables that configuration reads, from the code that reads them (the compose file's test
+/// checks every variable it sets against this).
+#[derive(Debug, Default)]
+pub struct Recorded<S> {
+    source: S,
+    asked: RefCell<BTreeSet<String>>,
+}
+
+impl<S> Recorded<S> {
+    pub fn new(source: S) -> Self {
+        Self {
+            source,
+            asked: RefCell::default(),
+        }
+    }
+
+    /// Every name asked so far, sorted.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.asked.borrow().clone()
+    }
+}
+
+impl<S: Source> Source for Recorded<S> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.asked.borrow_mut().insert(name.to_owned());
+        self.source.get(name)
     }
 }
 
@@ -263,6 +293,20 @@ mod tests {
         );
         assert!(v.positive_or::<u16>("Z", 5).is_err());
         assert!(v.nonzero_duration_or("P", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn recorded_names_every_variable_asked() {
+        let source = Recorded::new(vec![("PORT".to_owned(), "8080".to_owned())]);
+        let v = Vars(&source);
+        assert_eq!(v.parse_or::<u16>("PORT", 1).unwrap(), 8080);
+        assert!(v.string("UNSET").is_none());
+        assert!(!v.dev_mode().unwrap());
+        assert_eq!(v.database_name("DATABASE_NAME").unwrap(), None);
+        assert_eq!(
+            source.names().into_iter().collect::<Vec<_>>(),
+            ["CHAT_DEV_MODE", "DATABASE_NAME", "PORT", "UNSET"]
+        );
     }
 
     #[test]
