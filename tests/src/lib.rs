@@ -417,3 +417,71 @@ pub fn forge_token(id: &str, username: &str, ttl_secs: i64, key: &[u8]) -> Strin
     )
     .unwrap()
 }
+
+/// The standalone stack (`chat-stack`) served in-process on ephemeral ports of `127.0.0.1`, its
+/// data in `dir`, with `extra` variables on top.
+pub struct Standalone {
+    pub addrs: chat_stack::Addrs,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Standalone {
+    pub async fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = [
+            ("DATA_DIR", dir.to_str().unwrap()),
+            ("BIND_ADDR", "127.0.0.1"),
+            ("AUTH_PORT", "0"),
+            ("CHAT_PORT", "0"),
+            ("WS_PORT", "0"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready, addrs) = oneshot::channel();
+        let done = tokio::spawn(async move {
+            chat_stack::run(
+                env,
+                async move {
+                    let _ = stopped.await;
+                },
+                move |a| {
+                    let _ = ready.send(a);
+                },
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))
+        });
+        let addrs = tokio::time::timeout(Duration::from_secs(10), addrs)
+            .await
+            .expect("the stack starts within 10 s")
+            .expect("the stack runs");
+        Self { addrs, stop, done }
+    }
+
+    /// Shuts the stack down and checks that it drained and exited cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.done)
+            .await
+            .expect("the stack stops within 10 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// POSTs `body` as JSON to `url`, with `token` as bearer when given; the status and JSON body.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let mut req = http.post(url).json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    read(req.send().await.unwrap()).await
+}

@@ -414,8 +414,7 @@ async fn pages_are_exact_where_writers_interleave_across_a_second() {
     let now = chat_common::jwt::now_secs();
     let writers: &'static [(u8, u32, u32, u32)] =
         &[(1, 0x00ff_fff0, 40, 12), (2, 5, 9, 4), (3, 900, 3, 3)];
-    // An hour old (after-anchors take the time-window path) and half a minute old (the recent
-    // path).
+    // An hour old and half a minute old.
     let mut ids = plant(now - 3600, writers).await;
     ids.extend(plant(now - 30, writers).await);
     let page = |body: &serde_json::Value| page_field(body, "_id");
@@ -463,9 +462,138 @@ async fn pages_are_exact_where_writers_interleave_across_a_second() {
     };
     let hex = sorted(&mut ids);
     check(hex, vec![3, 11, 12, 20, 35, 49, 51, 63, 70, 90, 103]).await;
-    // Newer messages from a writer with a lower process part, after the service has seen the
-    // newest id: the latest page must not stop at what it saw.
+    // Newer messages from a writer with a lower process part: ids order by second first.
     ids.extend(plant(now - 10, &[(0, 7, 6, 3)]).await);
     let hex = sorted(&mut ids);
     check(hex, vec![100, 104, 105, 109]).await;
+}
+
+/// A message store over its own database whose client counts every command but the inserts
+/// (the driver's command monitoring).
+async fn counted_store() -> (
+    chat_service::store::MongoMessageStore,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::{Arc, atomic::AtomicUsize};
+
+    use chat_common::testing;
+    use mongodb::{
+        event::{EventHandler, command::CommandEvent},
+        options::ClientOptions,
+    };
+
+    let commands = Arc::new(AtomicUsize::new(0));
+    let mut options = ClientOptions::parse(testing::mongodb_url()).await.unwrap();
+    let counter = commands.clone();
+    options.command_event_handler = Some(EventHandler::callback(move |event| {
+        if let CommandEvent::Started(started) = event
+            && started.command_name != "insert"
+        {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }));
+    let client = mongodb::Client::with_options(options).unwrap();
+    let db = client.database(&testing::unique_name("e2e_queries"));
+    let store = chat_service::store::MongoMessageStore::with_database(
+        db,
+        std::time::Duration::from_secs(5),
+    );
+    store.ensure_indexes().await.unwrap();
+    (store, commands)
+}
+
+/// A page of history is at most two queries, one per direction (one for a conversation with
+/// oneself), whatever the conversation, each answered in one round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_page_is_at_most_two_queries() {
+    use std::sync::atomic::Ordering;
+
+    use chat_service::store::{Message, MessageStore, Page};
+    use mongodb::bson::oid::ObjectId;
+
+    let (store, commands) = counted_store().await;
+    // A long two-sided conversation, a one-sided one, and notes to self.
+    let mut ids = Vec::new();
+    let mut batch = Vec::new();
+    for i in 0..300 {
+        let (sender, recipient) = match i % 5 {
+            0 | 1 => ("alice", "bob"),
+            2 => ("bob", "alice"),
+            3 => ("alice", "carol"),
+            _ => ("alice", "alice"),
+        };
+        let id = ObjectId::new();
+        ids.push((sender, recipient, id));
+        batch.push(Message {
+            id,
+            sender: sender.to_owned(),
+            recipient: recipient.to_owned(),
+            content: format!("m{i}"),
+            timestamp_ms: 0,
+        });
+    }
+    store.insert_many(&batch).await.unwrap();
+
+    let middle = ids[150].2;
+    for (a, b, expected) in [
+        ("alice", "bob", 2),
+        ("alice", "carol", 2),
+        ("alice", "dave", 2),
+        ("alice", "alice", 1),
+    ] {
+        for page in [
+            Page::Latest { limit: 50 },
+            Page::Latest { limit: 1000 },
+            Page::Before {
+                id: middle,
+                limit: 20,
+            },
+            Page::After {
+                id: middle,
+                limit: 20,
+            },
+            Page::After {
+                id: ObjectId::from_bytes([0; 12]),
+                limit: 100,
+            },
+        ] {
+            let before = commands.load(Ordering::SeqCst);
+            let found = store.conversation(a, b, page).await.unwrap().len();
+            let count = commands.load(Ordering::SeqCst) - before;
+            assert_eq!(
+                count, expected,
+                "{a}/{b} {page:?}: {found} messages in {count} queries"
+            );
+        }
+    }
+    // And the pages are exact.
+    let pair: Vec<ObjectId> = ids
+        .iter()
+        .filter(|(s, r, _)| matches!((*s, *r), ("alice", "bob") | ("bob", "alice")))
+        .map(|(_, _, id)| *id)
+        .collect();
+    let page = store
+        .conversation("bob", "alice", Page::Latest { limit: 7 })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.id).collect::<Vec<_>>(),
+        pair[pair.len() - 7..]
+    );
+    let at = pair.iter().position(|id| *id > middle).unwrap();
+    let page = store
+        .conversation(
+            "alice",
+            "bob",
+            Page::After {
+                id: middle,
+                limit: 5,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.id).collect::<Vec<_>>(),
+        pair[at..at + 5]
+    );
 }

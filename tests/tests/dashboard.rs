@@ -11,9 +11,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use e2e_tests::{Client, read};
+use e2e_tests::{Client, Standalone, post_json};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 /// Labels Prometheus itself attaches to every scraped series (a ServiceMonitor's targets carry
 /// `job` = the Kubernetes Service's name, `instance`, `namespace` and `pod`); dashboards and
@@ -114,60 +113,13 @@ fn parse_exposition(text: &str, into: &mut Exposition) {
     }
 }
 
-/// The standalone stack on ephemeral ports with `extra` variables; stops when `stop` is sent.
-async fn start_stack(
-    dir: &std::path::Path,
-    extra: &[(&str, &str)],
-) -> (chat_stack::Addrs, oneshot::Sender<()>) {
-    let env: Vec<(String, String)> = [
-        ("DATA_DIR", dir.to_str().unwrap()),
-        ("BIND_ADDR", "127.0.0.1"),
-        ("AUTH_PORT", "0"),
-        ("CHAT_PORT", "0"),
-        ("WS_PORT", "0"),
-    ]
-    .iter()
-    .chain(extra)
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (ready, addrs) = oneshot::channel();
-    tokio::spawn(chat_stack::run(
-        env,
-        async move {
-            let _ = stopped.await;
-        },
-        move |a| {
-            let _ = ready.send(a);
-        },
-    ));
-    let addrs = tokio::time::timeout(Duration::from_secs(10), addrs)
-        .await
-        .expect("the stack starts")
-        .expect("the stack runs");
-    (addrs, stop)
-}
-
-async fn post(
-    http: &reqwest::Client,
-    url: String,
-    token: Option<&str>,
-    body: &Value,
-) -> (u16, Value) {
-    let mut req = http.post(url).json(body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    read(req.send().await.unwrap()).await
-}
-
 /// Registers and logs in `user` on the stack; returns the token.
 async fn user(http: &reqwest::Client, addrs: chat_stack::Addrs, user: &str) -> String {
     let creds = json!({"username": user, "password": "password-123"});
     let url = format!("http://{}/auth/register", addrs.auth);
-    assert_eq!(post(http, url, None, &creds).await.0, 201);
+    assert_eq!(post_json(http, url, None, &creds).await.0, 201);
     let url = format!("http://{}/auth/login", addrs.auth);
-    let (status, body) = post(http, url, None, &creds).await;
+    let (status, body) = post_json(http, url, None, &creds).await;
     assert_eq!(status, 200, "{body}");
     body["token"].as_str().unwrap().to_owned()
 }
@@ -196,21 +148,25 @@ async fn exported_metrics() -> Exposition {
     let mut exposition = Exposition::new();
 
     let dir = tempfile::tempdir().unwrap();
-    let (a, stop) = start_stack(dir.path(), &[]).await;
+    let stack = Standalone::start(dir.path(), &[]).await;
+    let a = stack.addrs;
     let alice = user(&http, a, "alice").await;
     let bob = user(&http, a, "bob").await;
     let register = format!("http://{}/auth/register", a.auth);
     let login = format!("http://{}/auth/login", a.auth);
     let taken = json!({"username": "alice", "password": "password-123"});
-    assert_eq!(post(&http, register.clone(), None, &taken).await.0, 409);
+    assert_eq!(
+        post_json(&http, register.clone(), None, &taken).await.0,
+        409
+    );
     let invalid = json!({"username": "x", "password": "password-123"});
-    assert_eq!(post(&http, register, None, &invalid).await.0, 400);
+    assert_eq!(post_json(&http, register, None, &invalid).await.0, 400);
     let wrong = json!({"username": "alice", "password": "wrong-password"});
-    assert_eq!(post(&http, login, None, &wrong).await.0, 401);
+    assert_eq!(post_json(&http, login, None, &wrong).await.0, 401);
     let mut socket = Client::connect(&format!("ws://{}/?token={bob}", a.websocket)).await;
     let send = format!("http://{}/chat/send", a.chat);
     let message = json!({"recipient": "bob", "content": "hello"});
-    let (status, body) = post(&http, send.clone(), Some(&alice), &message).await;
+    let (status, body) = post_json(&http, send.clone(), Some(&alice), &message).await;
     assert_eq!(status, 201, "{body}");
     let frame = socket
         .next_json(Duration::from_secs(5))
@@ -218,16 +174,16 @@ async fn exported_metrics() -> Exposition {
         .expect("the message is delivered");
     assert_eq!(frame["content"], "hello");
     let nobody = json!({"recipient": "nobody", "content": "hello"});
-    assert_eq!(post(&http, send, Some(&alice), &nobody).await.0, 404);
+    assert_eq!(post_json(&http, send, Some(&alice), &nobody).await.0, 404);
     let unmatched = http.get(format!("http://{}/nowhere", a.chat)).send().await;
     assert_eq!(unmatched.unwrap().status(), 404);
     scrape(&http, a, &mut exposition).await;
     socket.close().await;
-    let _ = stop.send(());
+    stack.stop().await;
 
     // Nothing listens on port 1: every publish fails (the message is stored all the same).
     let dir = tempfile::tempdir().unwrap();
-    let (b, stop) = start_stack(
+    let stack = Standalone::start(
         dir.path(),
         &[
             ("RABBITMQ_URL", "amqp://127.0.0.1:1/%2f"),
@@ -235,13 +191,14 @@ async fn exported_metrics() -> Exposition {
         ],
     )
     .await;
+    let b = stack.addrs;
     let carol = user(&http, b, "carol").await;
     let to_self = json!({"recipient": "carol", "content": "note to self"});
     let url = format!("http://{}/chat/send", b.chat);
-    let (status, body) = post(&http, url, Some(&carol), &to_self).await;
+    let (status, body) = post_json(&http, url, Some(&carol), &to_self).await;
     assert_eq!(status, 201, "{body}");
     scrape(&http, b, &mut exposition).await;
-    let _ = stop.send(());
+    stack.stop().await;
 
     for (name, label, value) in [
         ("auth_logins_total", "result", "success"),

@@ -3,74 +3,14 @@
 
 use std::time::Duration;
 
-use e2e_tests::{Client, read};
+use e2e_tests::{Client, Standalone, post_json as post, read};
 use serde_json::json;
-use tokio::sync::oneshot;
-
-struct Running {
-    addrs: chat_stack::Addrs,
-    stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start(data_dir: &std::path::Path) -> Running {
-    let env: Vec<(String, String)> = [
-        ("DATA_DIR", data_dir.to_str().unwrap()),
-        ("BIND_ADDR", "127.0.0.1"),
-        ("AUTH_PORT", "0"),
-        ("CHAT_PORT", "0"),
-        ("WS_PORT", "0"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (ready, addrs) = oneshot::channel();
-    let done = tokio::spawn(chat_stack::run(
-        env,
-        async move {
-            let _ = stopped.await;
-        },
-        move |a| {
-            let _ = ready.send(a);
-        },
-    ));
-    let addrs = tokio::time::timeout(Duration::from_secs(10), addrs)
-        .await
-        .expect("stack starts")
-        .expect("stack running");
-    Running { addrs, stop, done }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(10), self.done)
-            .await
-            .expect("stops")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-async fn post(
-    http: &reqwest::Client,
-    url: String,
-    token: Option<&str>,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let mut req = http.post(url).json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    read(req.send().await.unwrap()).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_workflow_runs_standalone_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let stack = start(dir.path()).await;
+    let stack = Standalone::start(dir.path(), &[]).await;
     let a = stack.addrs;
     let mut tokens = Vec::new();
     for user in ["user1", "user2"] {
@@ -80,14 +20,14 @@ async fn the_seed_workflow_runs_standalone_and_survives_a_restart() {
                 &http,
                 format!("http://{}/auth/register", a.auth),
                 None,
-                creds.clone()
+                &creds
             )
             .await
             .0,
             201
         );
         let (status, body) =
-            post(&http, format!("http://{}/auth/login", a.auth), None, creds).await;
+            post(&http, format!("http://{}/auth/login", a.auth), None, &creds).await;
         assert_eq!(status, 200);
         tokens.push(body["token"].as_str().unwrap().to_owned());
     }
@@ -96,7 +36,7 @@ async fn the_seed_workflow_runs_standalone_and_survives_a_restart() {
         &http,
         format!("http://{}/chat/send", a.chat),
         Some(&tokens[0]),
-        json!({ "sender": "user1", "recipient": "user2", "content": "Hello from user1!" }),
+        &json!({ "sender": "user1", "recipient": "user2", "content": "Hello from user1!" }),
     )
     .await;
     assert_eq!(status, 201, "{sent}");
@@ -112,7 +52,7 @@ async fn the_seed_workflow_runs_standalone_and_survives_a_restart() {
     stack.stop().await;
 
     // Same data directory: users, the JWT secret and the history are still there.
-    let stack = start(dir.path()).await;
+    let stack = Standalone::start(dir.path(), &[]).await;
     let a = stack.addrs;
     let history = http
         .get(format!(
@@ -131,14 +71,9 @@ async fn the_seed_workflow_runs_standalone_and_survives_a_restart() {
     assert_eq!(body["data"], json!([sent["data"]]));
     let creds = json!({ "username": "user1", "password": "password1" });
     assert_eq!(
-        post(
-            &http,
-            format!("http://{}/auth/login", a.auth),
-            None,
-            creds.clone()
-        )
-        .await
-        .0,
+        post(&http, format!("http://{}/auth/login", a.auth), None, &creds)
+            .await
+            .0,
         200
     );
     assert_eq!(
@@ -146,7 +81,7 @@ async fn the_seed_workflow_runs_standalone_and_survives_a_restart() {
             &http,
             format!("http://{}/auth/register", a.auth),
             None,
-            creds
+            &creds
         )
         .await
         .0,
