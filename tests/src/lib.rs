@@ -2,11 +2,9 @@
 //! MongoDB-compatible servers (each stack with its own databases and its own exchange, so tests
 //! run in parallel), plus HTTP and WebSocket client helpers.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use auth_service::store::MongoUserStore;
 use chat_common::{config::Vars, testing};
-use chat_service::{publisher::AmqpPublisher, store::MongoMessageStore};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::{net::TcpStream, sync::oneshot};
@@ -25,6 +23,8 @@ pub struct Running {
 
 fn vars(extra: &[(&str, String)]) -> Vars<Vec<(String, String)>> {
     let mut v = vec![
+        ("BIND_ADDR".to_owned(), "127.0.0.1".to_owned()),
+        ("PORT".to_owned(), "0".to_owned()),
         ("JWT_SECRET".to_owned(), SECRET.to_owned()),
         ("DB_TIMEOUT".to_owned(), "3s".to_owned()),
     ];
@@ -32,37 +32,29 @@ fn vars(extra: &[(&str, String)]) -> Vars<Vec<(String, String)>> {
     Vars(v)
 }
 
-async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    (l, addr)
+/// Serves a built service until the returned handle is dropped.
+fn serve<F>(addr: SocketAddr, run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Running
+where
+    F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(run(stopped));
+    Running { addr, _stop: stop }
 }
 
+/// auth-service over `database_url`, built as its `main` builds it, once ready.
 pub async fn spawn_auth(database_url: &str) -> Running {
     let config =
         auth_service::Config::from_env(&vars(&[("DATABASE_URL", database_url.to_owned())]))
             .unwrap();
-    let store = Arc::new(
-        MongoUserStore::connect(
-            database_url,
-            config.database_name.as_deref(),
-            "e2e",
-            config.db_timeout,
-        )
-        .await
-        .unwrap(),
-    );
-    store
-        .ensure_indexes()
-        .await
-        .unwrap_or_else(|e| panic!("MongoDB-compatible server unusable at {database_url}: {e}"));
-    let state = auth_service::AppState::new(&config, store).unwrap();
-    let (listener, addr) = listen().await;
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(auth_service::run(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    Running { addr, _stop: stop }
+    let app = auth_service::App::build(&config).await.unwrap();
+    let running = serve(app.local_addr(), |stopped| {
+        app.run(async move {
+            let _ = stopped.await;
+        })
+    });
+    wait_ready(running.addr).await;
+    running
 }
 
 pub async fn spawn_chat(database_url: &str, auth: SocketAddr, exchange: &str) -> Running {
@@ -81,55 +73,36 @@ pub async fn spawn_chat_with_broker(
 ) -> Running {
     let config = chat_service::Config::from_env(&vars(&[
         ("DATABASE_URL", database_url.to_owned()),
+        ("RABBITMQ_URL", rabbitmq_url.to_owned()),
         ("AUTH_SERVICE_URL", format!("http://{auth}")),
         ("EXCHANGE_NAME", exchange.to_owned()),
     ]))
     .unwrap();
-    let store = Arc::new(
-        MongoMessageStore::connect(
-            database_url,
-            config.database_name.as_deref(),
-            "e2e",
-            config.db_timeout,
-        )
-        .await
-        .unwrap(),
-    );
-    store.ensure_indexes().await.unwrap();
-    let publisher = AmqpPublisher::start(
-        rabbitmq_url.to_owned(),
-        exchange.to_owned(),
-        config.publish_timeout,
-    );
-    let state = chat_service::AppState::new(&config, store, publisher).unwrap();
-    let (listener, addr) = listen().await;
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(chat_service::run(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    Running { addr, _stop: stop }
+    let app = chat_service::App::build(&config).await.unwrap();
+    serve(app.local_addr(), |stopped| {
+        app.run(async move {
+            let _ = stopped.await;
+        })
+    })
 }
 
+/// A websocket-service replica consuming `exchange`, once ready.
 pub async fn spawn_ws(auth: SocketAddr, exchange: &str, extra: &[(&str, String)]) -> Running {
     let mut all = vec![
+        ("RABBITMQ_URL", testing::rabbitmq_url()),
         ("AUTH_SERVICE_URL", format!("http://{auth}")),
         ("EXCHANGE_NAME", exchange.to_owned()),
     ];
     all.extend(extra.iter().cloned());
     let config = websocket_service::Config::from_env(&vars(&all)).unwrap();
-    let state = websocket_service::AppState::new(&config).unwrap();
-    state.start_consumer(websocket_service::EventSource::Amqp {
-        url: testing::rabbitmq_url(),
-        exchange: exchange.to_owned(),
-        prefetch: config.prefetch,
+    let app = websocket_service::App::build(&config).await.unwrap();
+    let running = serve(app.local_addr(), |stopped| {
+        app.run(async move {
+            let _ = stopped.await;
+        })
     });
-    let (listener, addr) = listen().await;
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(websocket_service::run(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    wait_ready(addr).await;
-    Running { addr, _stop: stop }
+    wait_ready(running.addr).await;
+    running
 }
 
 /// Polls `/readyz` until 200 (at most 15 s).
@@ -375,7 +348,7 @@ impl Client {
 /// Publishes raw payloads straight to `exchange` (as chat-service would), confirmed.
 pub async fn publish_raw(exchange: &str, payloads: impl IntoIterator<Item = Vec<u8>>) {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-    let conn = chat_common::bus::connect(&testing::rabbitmq_url(), "e2e-publisher")
+    let conn = chat_common::amqp::connect(&testing::rabbitmq_url(), "e2e-publisher")
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
@@ -383,7 +356,7 @@ pub async fn publish_raw(exchange: &str, payloads: impl IntoIterator<Item = Vec<
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    chat_common::bus::declare_exchange(&channel, exchange)
+    chat_common::amqp::declare_exchange(&channel, exchange)
         .await
         .unwrap();
     let mut confirms = Vec::new();

@@ -461,23 +461,23 @@ fn every_variable_set_is_read_and_each_service_has_what_it_needs() {
     let auth = parse("auth-service", &env("auth-service"), |v| {
         auth_service::Config::from_env(v)
     });
-    // main.rs starts only with a database unless CHAT_DEV_MODE (never in compose).
-    assert!(auth.database_url.is_some() && !auth.dev_mode);
+    // The configuration requires a database unless CHAT_DEV_MODE (never in compose).
+    assert!(auth.database_url.is_some() && !auth.common.dev_mode);
     assert_eq!(auth.database_name.as_deref(), Some("auth"));
-    assert_serves_on(&compose, "auth-service", auth.port);
+    assert_serves_on(&compose, "auth-service", auth.common.bind.port());
 
     let chat = parse("chat-service", &env("chat-service"), |v| {
         chat_service::Config::from_env(v)
     });
-    assert!(chat.database_url.is_some() && chat.rabbitmq_url.is_some() && !chat.dev_mode);
+    assert!(chat.database_url.is_some() && chat.rabbitmq_url.is_some() && !chat.common.dev_mode);
     assert_eq!(chat.database_name.as_deref(), Some("chat"));
-    assert_serves_on(&compose, "chat-service", chat.port);
+    assert_serves_on(&compose, "chat-service", chat.common.bind.port());
 
     let ws = parse("websocket-service", &env("websocket-service"), |v| {
         websocket_service::Config::from_env(v)
     });
-    assert!(ws.rabbitmq_url.is_some() && !ws.dev_mode);
-    assert_serves_on(&compose, "websocket-service", ws.port);
+    assert!(ws.rabbitmq_url.is_some() && !ws.common.dev_mode);
+    assert_serves_on(&compose, "websocket-service", ws.common.bind.port());
 
     // The defaults (localhost) would be wrong in a container: both callers name auth-service.
     assert_eq!(
@@ -488,7 +488,7 @@ fn every_variable_set_is_read_and_each_service_has_what_it_needs() {
         reqwest::Url::parse(&chat.auth_service_url)
             .unwrap()
             .port_or_known_default(),
-        Some(auth.port),
+        Some(auth.common.bind.port()),
         "AUTH_SERVICE_URL uses auth-service's port"
     );
     // One JWT secret for the three, the one from .env.

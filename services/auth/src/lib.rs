@@ -10,11 +10,12 @@ pub mod throttle;
 mod handlers;
 mod migrate;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use anyhow::Context;
 use axum::{Router, extract::FromRef, routing::get, routing::post};
 use chat_common::{
-    config::{ConfigError, Source, Vars},
+    config::{CommonConfig, ConfigError, SecretUrl, Source, Vars},
     http::Limits,
     jwt::{JwtSettings, TokenIssuer, TokenVerifier},
     metrics::{self, HttpMetrics},
@@ -24,43 +25,40 @@ use tokio::net::TcpListener;
 pub use error::AuthError;
 pub use migrate::{MigrationReport, migrate_passwords};
 use password::{HashMetrics, HashParams, PasswordHasher};
-use store::UserStore;
+use store::{EmbeddedUserStore, MongoUserStore, UserStore};
 use throttle::LoginThrottle;
 
 /// auth-service configuration, from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `PORT` (default 5001).
-    pub port: u16,
+    /// `PORT` (default 5001), `BIND_ADDR`, `MAX_BODY_BYTES`, `REQUEST_TIMEOUT`, `CHAT_DEV_MODE`,
+    /// `DATA_DIR`, `LOG_FORMAT`: as for every service.
+    pub common: CommonConfig,
     /// `DATABASE_URL`, a MongoDB URL whose path names the database (`mongodb://db:27017/auth`).
-    pub database_url: Option<String>,
+    /// Required, except in development mode, where users then live in `DATA_DIR/auth.redb`.
+    pub database_url: Option<SecretUrl>,
     /// `DATABASE_NAME`: the database, overriding `DATABASE_URL`'s path (which may then name none),
     /// so one URL can serve both auth's and chat's databases.
     pub database_name: Option<String>,
-    /// `CHAT_DEV_MODE=true`: development defaults (JWT secret, embedded store without
-    /// `DATABASE_URL`). Never set it in production.
-    pub dev_mode: bool,
-    /// `DATA_DIR` (default `./data`): where the embedded store lives in dev mode.
-    pub data_dir: std::path::PathBuf,
     pub jwt: JwtSettings,
     /// `ARGON2_MEMORY_KIB` / `ARGON2_ITERATIONS` / `ARGON2_PARALLELISM` (OWASP minimum by default;
     /// lower values are refused).
     pub hash: HashParams,
     /// `HASH_CONCURRENCY`: hashes computed at once (default: the number of CPUs).
     pub hash_concurrency: usize,
-    /// `HASH_QUEUE`: requests allowed to wait for a hashing slot before 503 (default 128).
+    /// `HASH_QUEUE`: requests allowed to wait for a hashing slot before 503 (default 128; 0: none
+    /// wait, a request finding every slot busy gets 503 at once).
     pub hash_queue: usize,
     /// `LOGIN_MAX_FAILURES` per account within `LOGIN_FAILURE_WINDOW` (default 10 per 60 s; 0 disables).
     pub login_max_failures: u32,
     pub login_failure_window: Duration,
     /// `DB_TIMEOUT`: longest a database call may take (default 5 s).
     pub db_timeout: Duration,
-    /// `REQUEST_TIMEOUT` (default 10 s) and `MAX_BODY_BYTES` (default 64 KiB).
-    pub limits: Limits,
 }
 
 impl Config {
     pub fn from_env<S: Source>(vars: &Vars<S>) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env(vars, 5001)?;
         let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         let hash = HashParams {
             memory_kib: vars.parse_or("ARGON2_MEMORY_KIB", HashParams::OWASP_MIN.memory_kib)?,
@@ -74,30 +72,77 @@ impl Config {
                 "argon2id parameters below OWASP's minimum (19456 KiB, t=2, p=1)",
             ));
         }
-        let defaults = Limits::default();
+        let database_url = vars.string("DATABASE_URL").map(SecretUrl::new);
+        if database_url.is_none() && !common.dev_mode {
+            return Err(ConfigError::Missing("DATABASE_URL"));
+        }
         Ok(Self {
-            port: vars.parse_or("PORT", 5001)?,
-            database_url: vars.string("DATABASE_URL"),
+            database_url,
             database_name: vars.database_name("DATABASE_NAME")?,
-            dev_mode: vars.dev_mode()?,
-            data_dir: vars
-                .string("DATA_DIR")
-                .unwrap_or_else(|| "data".to_owned())
-                .into(),
             jwt: JwtSettings::from_env(vars)?,
             hash,
-            hash_concurrency: vars.parse_or("HASH_CONCURRENCY", cpus)?,
+            hash_concurrency: vars.positive_or("HASH_CONCURRENCY", cpus)?,
             hash_queue: vars.parse_or("HASH_QUEUE", 128)?,
             login_max_failures: vars.parse_or("LOGIN_MAX_FAILURES", 10)?,
             login_failure_window: vars
-                .duration_or("LOGIN_FAILURE_WINDOW", Duration::from_secs(60))?,
-            db_timeout: vars.duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
-            limits: Limits {
-                body_bytes: vars.parse_or("MAX_BODY_BYTES", defaults.body_bytes)?,
-                request_timeout: vars.duration_or("REQUEST_TIMEOUT", defaults.request_timeout)?,
-            },
+                .nonzero_duration_or("LOGIN_FAILURE_WINDOW", Duration::from_secs(60))?,
+            db_timeout: vars.nonzero_duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
+            common,
         })
     }
+}
+
+/// auth-service ready to serve: its store, its state and its bound listener, built from the
+/// configuration alone. `main`, the standalone stack and the tests all start it this way.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.common.bind)
+            .await
+            .with_context(|| format!("listening on {}", config.common.bind))?;
+        let state = AppState::new(config, open_store(config).await?)?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    /// The handlers' state: its store and hasher serve `migrate-passwords` and the tests.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run<F>(self, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        run(self.listener, self.state, shutdown).await
+    }
+}
+
+/// The user store the configuration names: MongoDB at `DATABASE_URL` (its unique index created in
+/// the background and retried until it exists; registration creates it first if need be), else,
+/// in development mode, the embedded file `DATA_DIR/auth.redb`.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn UserStore>> {
+    if let Some(url) = &config.database_url {
+        let name = config.database_name.as_deref();
+        let mongo = Arc::new(
+            MongoUserStore::connect(url.expose(), name, "auth-service", config.db_timeout).await?,
+        );
+        let indexing = mongo.clone();
+        tokio::spawn(async move { indexing.ensure_indexes_with_retry().await });
+        return Ok(mongo);
+    }
+    let path = config.common.data_dir.join("auth.redb");
+    tracing::info!(path = %path.display(), "no DATABASE_URL: users in an embedded file");
+    let store = chat_common::local::open_retrying(|| EmbeddedUserStore::open(&path)).await?;
+    Ok(Arc::new(store))
 }
 
 /// auth-service's own metrics.
@@ -182,7 +227,7 @@ impl AppState {
             verifier: Arc::new(config.jwt.verifier()),
             http_metrics,
             metrics,
-            limits: config.limits,
+            limits: config.common.limits,
         })
     }
 }

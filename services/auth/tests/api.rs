@@ -386,12 +386,7 @@ async fn a_dead_database_gives_503_within_seconds_not_a_hang() {
     let url = "mongodb://127.0.0.1:9/auth_dead";
     let config =
         auth_service::Config::from_env(&support::vars(url, &[("DB_TIMEOUT", "1s")])).unwrap();
-    let store = std::sync::Arc::new(
-        auth_service::store::MongoUserStore::connect(url, None, "auth-test", config.db_timeout)
-            .await
-            .unwrap(),
-    );
-    let app = support::start(config, store, url, "auth_dead").await;
+    let app = support::start(config, url, "auth_dead").await;
     let started = std::time::Instant::now();
     let (status, body) = app.register("julia", "password-1").await;
     assert_eq!(status, 503, "{body}");

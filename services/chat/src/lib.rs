@@ -8,11 +8,13 @@ pub mod store;
 
 mod handlers;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use anyhow::Context;
 use axum::{Router, extract::FromRef, routing::get, routing::post};
 use chat_common::{
-    config::{ConfigError, Source, Vars},
+    bus::LocalBus,
+    config::{CommonConfig, ConfigError, SecretUrl, Source, Vars},
     directory::{DirectoryConfig, UserDirectory},
     http::Limits,
     jwt::{JwtSettings, TokenVerifier},
@@ -21,20 +23,26 @@ use chat_common::{
 use tokio::net::TcpListener;
 
 pub use error::ChatError;
-use publisher::EventPublisher;
-use store::MessageStore;
+use publisher::{AmqpPublisher, EventPublisher, LocalPublisher};
+use store::{EmbeddedMessageStore, MessageStore, MongoMessageStore};
 
 /// chat-service configuration, from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `PORT` (default 5002).
-    pub port: u16,
+    /// `PORT` (default 5002), `BIND_ADDR`, `MAX_BODY_BYTES`, `REQUEST_TIMEOUT`, `CHAT_DEV_MODE`,
+    /// `DATA_DIR`, `LOG_FORMAT`: as for every service.
+    pub common: CommonConfig,
     /// `DATABASE_URL`, a MongoDB URL whose path names the database (`mongodb://db:27017/chat`).
-    pub database_url: Option<String>,
+    /// Required, except in development mode, where messages then live in `DATA_DIR/chat.redb`.
+    pub database_url: Option<SecretUrl>,
     /// `DATABASE_NAME`: as for auth-service (overrides `DATABASE_URL`'s path).
     pub database_name: Option<String>,
-    /// `RABBITMQ_URL` (`amqp://rabbitmq:5672`).
-    pub rabbitmq_url: Option<String>,
+    /// `RABBITMQ_URL` (`amqp://rabbitmq:5672`). Required, except in development mode, where
+    /// events then go through [`Self::local_bus`].
+    pub rabbitmq_url: Option<SecretUrl>,
+    /// The in-process bus events go through without `RABBITMQ_URL`: a bus of its own in
+    /// development mode; the standalone stack shares one with its websocket-service.
+    pub local_bus: LocalBus,
     pub jwt: JwtSettings,
     /// `AUTH_SERVICE_URL` (default `http://localhost:5001`).
     pub auth_service_url: String,
@@ -50,41 +58,98 @@ pub struct Config {
     pub write_batch: usize,
     /// `WRITE_CONCURRENCY` (default 4): batches written at once.
     pub write_concurrency: usize,
-    /// `CHAT_DEV_MODE`, `DATA_DIR`: as for auth-service.
-    pub dev_mode: bool,
-    pub data_dir: std::path::PathBuf,
-    pub limits: Limits,
 }
 
 impl Config {
     pub fn from_env<S: Source>(vars: &Vars<S>) -> Result<Self, ConfigError> {
-        let defaults = Limits::default();
+        let common = CommonConfig::from_env(vars, 5002)?;
+        let database_url = vars.string("DATABASE_URL").map(SecretUrl::new);
+        if database_url.is_none() && !common.dev_mode {
+            return Err(ConfigError::Missing("DATABASE_URL"));
+        }
+        let rabbitmq_url = vars.amqp_url("RABBITMQ_URL")?.map(SecretUrl::new);
+        if rabbitmq_url.is_none() && !common.dev_mode {
+            return Err(ConfigError::Missing("RABBITMQ_URL"));
+        }
         Ok(Self {
-            port: vars.parse_or("PORT", 5002)?,
-            database_url: vars.string("DATABASE_URL"),
+            database_url,
             database_name: vars.database_name("DATABASE_NAME")?,
-            rabbitmq_url: vars.amqp_url("RABBITMQ_URL")?,
+            rabbitmq_url,
+            local_bus: LocalBus::default(),
             jwt: JwtSettings::from_env(vars)?,
             auth_service_url: vars.http_url_or("AUTH_SERVICE_URL", "http://localhost:5001")?,
             exchange: vars
                 .string("EXCHANGE_NAME")
                 .unwrap_or_else(|| chat_common::bus::DEFAULT_EXCHANGE.to_owned()),
             max_message_chars: vars.positive_or("MAX_MESSAGE_CHARS", 4000)?,
-            publish_timeout: vars.duration_or("PUBLISH_TIMEOUT", Duration::from_secs(5))?,
-            db_timeout: vars.duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
+            publish_timeout: vars.nonzero_duration_or("PUBLISH_TIMEOUT", Duration::from_secs(5))?,
+            db_timeout: vars.nonzero_duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
             write_batch: vars.positive_or("WRITE_BATCH", 256)?,
             write_concurrency: vars.positive_or("WRITE_CONCURRENCY", 4)?,
-            dev_mode: vars.dev_mode()?,
-            data_dir: vars
-                .string("DATA_DIR")
-                .unwrap_or_else(|| "data".to_owned())
-                .into(),
-            limits: Limits {
-                body_bytes: vars.parse_or("MAX_BODY_BYTES", defaults.body_bytes)?,
-                request_timeout: vars.duration_or("REQUEST_TIMEOUT", defaults.request_timeout)?,
-            },
+            common,
         })
     }
+}
+
+/// chat-service ready to serve: its store, its publisher, its state and its bound listener,
+/// built from the configuration alone. `main`, the standalone stack and the tests all start it
+/// this way.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.common.bind)
+            .await
+            .with_context(|| format!("listening on {}", config.common.bind))?;
+        let store = open_store(config).await?;
+        let publisher: Arc<dyn EventPublisher> = if let Some(url) = &config.rabbitmq_url {
+            AmqpPublisher::start(
+                url.expose().to_owned(),
+                config.exchange.clone(),
+                config.publish_timeout,
+            )
+        } else {
+            tracing::info!("no RABBITMQ_URL: events go through the in-process bus");
+            Arc::new(LocalPublisher(config.local_bus.clone()))
+        };
+        let state = AppState::new(config, store, publisher)?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run<F>(self, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        run(self.listener, self.state, shutdown).await
+    }
+}
+
+/// The message store the configuration names: MongoDB at `DATABASE_URL` (its index created in
+/// the background, retried until it exists), else, in development mode, the embedded file
+/// `DATA_DIR/chat.redb`.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MessageStore>> {
+    if let Some(url) = &config.database_url {
+        let name = config.database_name.as_deref();
+        let mongo = Arc::new(
+            MongoMessageStore::connect(url.expose(), name, "chat-service", config.db_timeout)
+                .await?,
+        );
+        let indexing = mongo.clone();
+        tokio::spawn(async move { indexing.ensure_indexes_with_retry().await });
+        return Ok(mongo);
+    }
+    let path = config.common.data_dir.join("chat.redb");
+    tracing::info!(path = %path.display(), "no DATABASE_URL: messages in an embedded file");
+    let store = chat_common::local::open_retrying(|| EmbeddedMessageStore::open(&path)).await?;
+    Ok(Arc::new(store))
 }
 
 /// chat-service's own metrics.
@@ -155,7 +220,7 @@ impl AppState {
             max_message_chars: config.max_message_chars,
             http_metrics,
             metrics,
-            limits: config.limits,
+            limits: config.common.limits,
         })
     }
 }
@@ -176,4 +241,79 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     chat_common::http::serve(listener, router(state), shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_env(&Vars(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    #[test]
+    fn debug_of_the_config_shows_no_credentials() {
+        let secret = "s".repeat(40);
+        let config = config(&[
+            ("DATABASE_URL", "mongodb://root:hunter2@db:27017/chat"),
+            ("RABBITMQ_URL", "amqp://chat:hunter2@mq:5672/%2f"),
+            ("JWT_SECRET", &secret),
+        ])
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(&secret),
+            "{shown}"
+        );
+        assert!(shown.contains("mongodb://***@db:27017/chat"), "{shown}");
+        assert_eq!(
+            config.database_url.unwrap().expose(),
+            "mongodb://root:hunter2@db:27017/chat"
+        );
+    }
+
+    #[test]
+    fn servers_are_required_outside_development_mode_and_limits_above_zero() {
+        let secret = "s".repeat(40);
+        let base = [
+            ("DATABASE_URL", "mongodb://db:27017/chat"),
+            ("RABBITMQ_URL", "amqp://mq:5672"),
+            ("JWT_SECRET", secret.as_str()),
+        ];
+        assert!(config(&base).is_ok());
+        for missing in ["DATABASE_URL", "RABBITMQ_URL"] {
+            let without: Vec<_> = base
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != missing)
+                .collect();
+            let err = config(&without).unwrap_err().to_string();
+            assert!(err.contains(missing), "{err}");
+            let mut dev = without.clone();
+            dev.push(("CHAT_DEV_MODE", "true"));
+            assert!(
+                config(&dev).is_ok(),
+                "development mode runs without {missing}"
+            );
+        }
+        for (name, zero) in [
+            ("PUBLISH_TIMEOUT", "0s"),
+            ("DB_TIMEOUT", "0"),
+            ("WRITE_BATCH", "0"),
+            ("WRITE_CONCURRENCY", "0"),
+            ("MAX_MESSAGE_CHARS", "0"),
+            ("REQUEST_TIMEOUT", "0ms"),
+            ("MAX_BODY_BYTES", "0"),
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.push((name, zero));
+            let err = config(&pairs).unwrap_err().to_string();
+            assert!(err.contains(name), "{name}={zero}: {err}");
+        }
+    }
 }

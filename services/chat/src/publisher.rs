@@ -15,7 +15,11 @@ use std::{
 };
 
 use async_trait::async_trait;
-use chat_common::bus::{self, Backoff, LocalBus, Payload};
+use chat_common::{
+    amqp,
+    backoff::Backoff,
+    bus::{LocalBus, Payload},
+};
 use lapin::{
     BasicProperties, Channel, Confirmation,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -95,12 +99,12 @@ impl AmqpPublisher {
 }
 
 async fn open(url: &str, exchange: &str) -> lapin::Result<(lapin::Connection, Channel)> {
-    let connection = bus::connect(url, "chat-service").await?;
+    let connection = amqp::connect(url, "chat-service").await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    bus::declare_exchange(&channel, exchange).await?;
+    amqp::declare_exchange(&channel, exchange).await?;
     Ok((connection, channel))
 }
 

@@ -3,7 +3,15 @@
 //! The seed's variable names come first (`PORT`, `DATABASE_URL`, `JWT_SECRET`, ...); every extra has a
 //! documented default. A malformed value is an error naming the variable, never a silent default.
 
-use std::{cell::RefCell, collections::BTreeSet, fmt::Display, str::FromStr, time::Duration};
+use std::{
+    cell::RefCell,
+    collections::BTreeSet,
+    fmt::Display,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
 
 /// A configuration value that is missing or cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +147,7 @@ impl<S: Source> Vars<S> {
     }
 
     /// An AMQP URL (`amqp://user:pass@host:5672/vhost`), checked now rather than at connect time.
+    #[cfg(feature = "amqp")]
     pub fn amqp_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
         match self.string(name) {
             None => Ok(None),
@@ -157,13 +166,14 @@ impl<S: Source> Vars<S> {
             return Ok(None);
         };
         let v = raw.trim();
-        match crate::mongo::check_database_name(v) {
+        match check_database_name(v) {
             Ok(()) => Ok(Some(v.to_owned())),
             Err(reason) => Err(ConfigError::malformed(name, raw, reason)),
         }
     }
 
     /// An `http://` or `https://` base URL, without a trailing slash.
+    #[cfg(feature = "directory")]
     pub fn http_url_or(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
         let v = self.string(name).unwrap_or_else(|| default.to_owned());
         match reqwest::Url::parse(&v) {
@@ -213,6 +223,115 @@ impl<S: Source> Vars<S> {
     pub fn dev_mode(&self) -> Result<bool, ConfigError> {
         self.flag("CHAT_DEV_MODE")
     }
+}
+
+/// What every service reads alike, with its defaults written once: where it listens, the
+/// limits on each request, development mode and where its local files go, the log format.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// `BIND_ADDR` (default `0.0.0.0`) and `PORT` (the service's own default; 0 picks a free
+    /// port, as the tests do).
+    pub bind: SocketAddr,
+    /// `MAX_BODY_BYTES` (default 64 KiB; larger bodies get 413) and `REQUEST_TIMEOUT` (default
+    /// 10 s; slower requests get 503). Both must be above zero.
+    pub limits: crate::http::Limits,
+    /// `CHAT_DEV_MODE=true`: development defaults (a built-in JWT secret, embedded stores and
+    /// the in-process bus without `DATABASE_URL`/`RABBITMQ_URL`). Never in production.
+    pub dev_mode: bool,
+    /// `DATA_DIR` (default `./data`): the embedded stores' files in development mode.
+    pub data_dir: PathBuf,
+    /// `LOG_FORMAT`: `text` (default) or `json` (JSON lines).
+    pub json_logs: bool,
+}
+
+impl CommonConfig {
+    pub fn from_env<S: Source>(vars: &Vars<S>, default_port: u16) -> Result<Self, ConfigError> {
+        let defaults = crate::http::Limits::default();
+        let ip: IpAddr = vars.parse_or("BIND_ADDR", IpAddr::from([0, 0, 0, 0]))?;
+        let json_logs = match vars.string(crate::telemetry::LOG_FORMAT) {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("text") => false,
+            Some(v) if v.eq_ignore_ascii_case("json") => true,
+            Some(v) => {
+                return Err(ConfigError::malformed(
+                    crate::telemetry::LOG_FORMAT,
+                    v,
+                    "expected text or json",
+                ));
+            }
+        };
+        Ok(Self {
+            bind: SocketAddr::new(ip, vars.parse_or("PORT", default_port)?),
+            limits: crate::http::Limits {
+                body_bytes: vars.positive_or("MAX_BODY_BYTES", defaults.body_bytes)?,
+                request_timeout: vars
+                    .nonzero_duration_or("REQUEST_TIMEOUT", defaults.request_timeout)?,
+            },
+            dev_mode: vars.dev_mode()?,
+            data_dir: vars
+                .string("DATA_DIR")
+                .unwrap_or_else(|| "data".to_owned())
+                .into(),
+            json_logs,
+        })
+    }
+}
+
+/// A connection URL that may carry a password: `Debug` and `Display` show it with the
+/// credentials masked (`mongodb://***@db:27017/chat`); [`SecretUrl::expose`] gives the URL itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its credentials, for the client that connects with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // scheme://user:pass@hosts/path: the user information ends at the last `@` before the
+        // path (passwords may hold `@` only percent-encoded, but be safe about it).
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return f.write_str("***");
+        };
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => write!(f, "{scheme}://***@{}", &rest[at + 1..]),
+            None => f.write_str(&self.0),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// Longest database name MongoDB accepts, in bytes.
+const MAX_NAME_BYTES: usize = 63;
+
+/// Checks a database name against MongoDB's rules, so a bad `DATABASE_NAME` stops start-up
+/// instead of failing every call later.
+pub fn check_database_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if let Some(c) = name.chars().find(|c| "/\\. \"$\0".contains(*c)) {
+        return Err(format!(
+            "must not contain {c:?} (nor any of / \\ . space \" $ NUL)"
+        ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!("must be at most {MAX_NAME_BYTES} bytes"));
+    }
+    Ok(())
 }
 
 /// Parses `3600`, `3600s`, `500ms`, `60m`, `1h`, `7d`.
@@ -327,6 +446,62 @@ mod tests {
                 ),
                 "{bad:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn secret_urls_never_show_their_credentials() {
+        for (url, shown) in [
+            (
+                "mongodb://root:s3cret@mongo:27017/?authSource=admin",
+                "mongodb://***@mongo:27017/?authSource=admin",
+            ),
+            (
+                "amqp://chat:p%40ss@rabbitmq:5672/%2f",
+                "amqp://***@rabbitmq:5672/%2f",
+            ),
+            (
+                "mongodb://u:p@h1:27017,h2:27017/chat?replicaSet=rs0",
+                "mongodb://***@h1:27017,h2:27017/chat?replicaSet=rs0",
+            ),
+            ("mongodb://db:27017/chat", "mongodb://db:27017/chat"),
+            ("not a url with secret@host", "***"),
+        ] {
+            let secret = SecretUrl::new(url);
+            assert_eq!(secret.to_string(), shown);
+            assert_eq!(format!("{secret:?}"), format!("{shown:?}"));
+            assert_eq!(secret.expose(), url);
+        }
+    }
+
+    #[test]
+    fn common_config_has_one_set_of_defaults_and_refuses_zero_limits() {
+        let c = CommonConfig::from_env(&vars(&[]), 5002).unwrap();
+        assert_eq!(c.bind, "0.0.0.0:5002".parse().unwrap());
+        assert_eq!(c.limits.body_bytes, 64 * 1024);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(10));
+        assert!(!c.dev_mode && !c.json_logs);
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        let c = CommonConfig::from_env(
+            &vars(&[
+                ("BIND_ADDR", "127.0.0.1"),
+                ("PORT", "0"),
+                ("LOG_FORMAT", "JSON"),
+            ]),
+            5002,
+        )
+        .unwrap();
+        assert_eq!(c.bind, "127.0.0.1:0".parse().unwrap());
+        assert!(c.json_logs);
+        for (name, value) in [
+            ("MAX_BODY_BYTES", "0"),
+            ("REQUEST_TIMEOUT", "0s"),
+            ("BIND_ADDR", "localhost:80"),
+            ("LOG_FORMAT", "yaml"),
+            ("PORT", "-1"),
+        ] {
+            let err = CommonConfig::from_env(&vars(&[(name, value)]), 1).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
         }
     }
 }

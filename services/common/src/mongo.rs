@@ -10,7 +10,7 @@ use mongodb::{
     options::ClientOptions,
 };
 
-use crate::bus::Backoff;
+use crate::backoff::Backoff;
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -24,25 +24,7 @@ pub enum CallError {
     Unavailable(String),
 }
 
-/// Longest database name MongoDB accepts, in bytes.
-const MAX_NAME_BYTES: usize = 63;
-
-/// Checks a database name against MongoDB's rules, so a bad `DATABASE_NAME` stops start-up
-/// instead of failing every call later.
-pub fn check_database_name(name: &str) -> Result<(), String> {
-    if name.trim().is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if let Some(c) = name.chars().find(|c| "/\\. \"$\0".contains(*c)) {
-        return Err(format!(
-            "must not contain {c:?} (nor any of / \\ . space \" $ NUL)"
-        ));
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(format!("must be at most {MAX_NAME_BYTES} bytes"));
-    }
-    Ok(())
-}
+pub use crate::config::check_database_name;
 
 /// Opens (lazily: the driver connects on first use) the database `name` if given, else the one
 /// named in `url`'s path. `example` shows the expected form in the error when neither names one.

@@ -7,20 +7,18 @@ use std::{
     future::Future,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
-use auth_service::store::{EmbeddedUserStore, MongoUserStore, UserStore};
-use chat_common::{
-    bus::LocalBus,
-    config::{ConfigError, Source, Vars},
-};
-use chat_service::{
-    publisher::{AmqpPublisher, EventPublisher, LocalPublisher},
-    store::{EmbeddedMessageStore, MessageStore, MongoMessageStore},
-};
-use tokio::{net::TcpListener, sync::watch};
-use websocket_service::EventSource;
+use chat_common::config::{ConfigError, Source, Vars};
+use tokio::sync::watch;
+
+/// What the stack reads itself, besides what its services read.
+pub const OWN_VARS: [&str; 3] = ["AUTH_PORT", "CHAT_PORT", "WS_PORT"];
+
+/// What the stack sets for its services, whatever the environment says: each one's port (from
+/// [`OWN_VARS`]), where chat and websocket find auth, and development mode (embedded stores and
+/// the in-process bus unless `DATABASE_URL`/`RABBITMQ_URL` are set).
+pub const SETS_FOR_ITS_SERVICES: [&str; 3] = ["PORT", "AUTH_SERVICE_URL", "CHAT_DEV_MODE"];
 
 /// Where the stack listens.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +90,10 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     std::fs::write(path, content)
 }
 
-/// Binds the three ports and serves until `shutdown` resolves; `on_ready` gets the addresses.
+/// Builds the three services as their own binaries do (each service's `App::build`), on
+/// `AUTH_PORT`, `CHAT_PORT` and `WS_PORT`, in development mode (embedded stores without
+/// `DATABASE_URL`, one in-process bus without `RABBITMQ_URL`), and serves until `shutdown`
+/// resolves; `on_ready` gets the addresses.
 pub async fn run<S, F>(env: S, shutdown: F, on_ready: impl FnOnce(Addrs)) -> anyhow::Result<()>
 where
     S: Source,
@@ -103,42 +104,39 @@ where
         .string("DATA_DIR")
         .unwrap_or_else(|| "data".to_owned())
         .into();
-    let host = vars
-        .string("BIND_ADDR")
-        .unwrap_or_else(|| "0.0.0.0".to_owned());
     let port = |name: &'static str, default: u16| vars.parse_or::<u16>(name, default);
     let (auth_port, chat_port, ws_port) = (
         port("AUTH_PORT", 5001)?,
         port("CHAT_PORT", 5002)?,
         port("WS_PORT", 5003)?,
     );
-    let auth_listener = TcpListener::bind((host.as_str(), auth_port)).await?;
-    let chat_listener = TcpListener::bind((host.as_str(), chat_port)).await?;
-    let ws_listener = TcpListener::bind((host.as_str(), ws_port)).await?;
-    let auth_addr = auth_listener.local_addr()?;
-    let overlay = Overlay {
+    let config_error = |e: ConfigError| anyhow::anyhow!("invalid configuration: {e}");
+    let mut settings = Overlay {
         base: &env,
         over: vec![
+            ("CHAT_DEV_MODE".into(), "true".into()),
             ("JWT_SECRET".into(), jwt_secret(&vars, &data_dir)?),
-            (
-                "AUTH_SERVICE_URL".into(),
-                format!("http://{}", reachable(auth_addr)),
-            ),
+            ("PORT".into(), auth_port.to_string()),
         ],
     };
-    let vars = Vars(&overlay);
-    let config_error = |e: ConfigError| anyhow::anyhow!("invalid configuration: {e}");
-    let auth_config = auth_service::Config::from_env(&vars).map_err(config_error)?;
-    let chat_config = chat_service::Config::from_env(&vars).map_err(config_error)?;
-    let ws_config = websocket_service::Config::from_env(&vars).map_err(config_error)?;
-
-    let (users, messages) = stores(&auth_config, &chat_config, &data_dir).await?;
-    let (publisher, source) = events(&chat_config, &ws_config);
-
-    let auth_state = auth_service::AppState::new(&auth_config, users)?;
-    let chat_state = chat_service::AppState::new(&chat_config, messages, publisher)?;
-    let ws_state = websocket_service::AppState::new(&ws_config)?;
-    ws_state.start_consumer(source);
+    let auth_config = auth_service::Config::from_env(&Vars(&settings)).map_err(config_error)?;
+    let auth = auth_service::App::build(&auth_config).await?;
+    let auth_addr = auth.local_addr();
+    settings.over.extend([
+        (
+            "AUTH_SERVICE_URL".into(),
+            format!("http://{}", reachable(auth_addr)),
+        ),
+        ("PORT".into(), chat_port.to_string()),
+    ]);
+    let chat_config = chat_service::Config::from_env(&Vars(&settings)).map_err(config_error)?;
+    settings.over.push(("PORT".into(), ws_port.to_string()));
+    let mut ws_config =
+        websocket_service::Config::from_env(&Vars(&settings)).map_err(config_error)?;
+    // Without RABBITMQ_URL, events go from chat-service to websocket-service in this process.
+    ws_config.local_bus = chat_config.local_bus.clone();
+    let chat = chat_service::App::build(&chat_config).await?;
+    let websocket = websocket_service::App::build(&ws_config).await?;
 
     let (stop, stopped) = watch::channel(false);
     let signal = |mut rx: watch::Receiver<bool>| async move {
@@ -146,14 +144,14 @@ where
     };
     let addrs = Addrs {
         auth: auth_addr,
-        chat: chat_listener.local_addr()?,
-        websocket: ws_listener.local_addr()?,
+        chat: chat.local_addr(),
+        websocket: websocket.local_addr(),
     };
     let servers = tokio::spawn(async move {
         tokio::try_join!(
-            auth_service::run(auth_listener, auth_state, signal(stopped.clone())),
-            chat_service::run(chat_listener, chat_state, signal(stopped.clone())),
-            websocket_service::run(ws_listener, ws_state, signal(stopped)),
+            auth.run(signal(stopped.clone())),
+            chat.run(signal(stopped.clone())),
+            websocket.run(signal(stopped)),
         )
     });
     tracing::info!(auth = %addrs.auth, chat = %addrs.chat, websocket = %addrs.websocket, "chat stack serving");
@@ -162,70 +160,4 @@ where
     let _ = stop.send(true);
     servers.await??;
     Ok(())
-}
-
-type Stores = (Arc<dyn UserStore>, Arc<dyn MessageStore>);
-
-/// MongoDB when `DATABASE_URL` is set (users and messages in that one database, or in
-/// `DATABASE_NAME`), else embedded.
-async fn stores(
-    auth: &auth_service::Config,
-    chat: &chat_service::Config,
-    data_dir: &Path,
-) -> anyhow::Result<Stores> {
-    if let Some(url) = &auth.database_url {
-        // Both configs read the same environment, so both name the same database.
-        let name = auth.database_name.as_deref();
-        let users =
-            Arc::new(MongoUserStore::connect(url, name, "chat-stack", auth.db_timeout).await?);
-        let messages =
-            Arc::new(MongoMessageStore::connect(url, name, "chat-stack", chat.db_timeout).await?);
-        users.ensure_indexes().await?;
-        messages.ensure_indexes().await?;
-        return Ok((users, messages));
-    }
-    tracing::info!(dir = %data_dir.display(), "embedded stores");
-    let users = open_retrying(|| EmbeddedUserStore::open(&data_dir.join("auth.redb"))).await?;
-    let messages =
-        open_retrying(|| EmbeddedMessageStore::open(&data_dir.join("chat.redb"))).await?;
-    Ok((Arc::new(users), Arc::new(messages)))
-}
-
-/// Opens an embedded store, waiting up to 2 s for a previous run in this process (a restart) to
-/// let go of the file.
-async fn open_retrying<T>(mut open: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let mut attempts = 0;
-    loop {
-        match open() {
-            Ok(store) => return Ok(store),
-            Err(e) if attempts < 20 => {
-                attempts += 1;
-                tracing::debug!(error = %e, "embedded store busy; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// RabbitMQ when `RABBITMQ_URL` is set, else the in-process bus.
-fn events(
-    chat: &chat_service::Config,
-    ws: &websocket_service::Config,
-) -> (Arc<dyn EventPublisher>, EventSource) {
-    if let Some(url) = &chat.rabbitmq_url {
-        let publisher =
-            AmqpPublisher::start(url.clone(), chat.exchange.clone(), chat.publish_timeout);
-        let source = EventSource::Amqp {
-            url: url.clone(),
-            exchange: ws.exchange.clone(),
-            prefetch: ws.prefetch,
-        };
-        return (publisher, source);
-    }
-    let bus = LocalBus::default();
-    (
-        Arc::new(LocalPublisher(bus.clone())),
-        EventSource::Local(bus),
-    )
 }

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use chat_common::bus::{self, Backoff, LocalBus};
+use chat_common::{amqp, backoff::Backoff, bus::LocalBus};
 use futures_util::StreamExt;
 use lapin::{
     Connection, Consumer,
@@ -84,12 +84,12 @@ async fn subscribe(
     exchange: &str,
     prefetch: u16,
 ) -> lapin::Result<(Connection, Consumer, String)> {
-    let connection = bus::connect(url, "websocket-service").await?;
+    let connection = amqp::connect(url, "websocket-service").await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
-    bus::declare_exchange(&channel, exchange).await?;
+    amqp::declare_exchange(&channel, exchange).await?;
     let queue = channel
         .queue_declare(
             "".into(),

@@ -9,6 +9,7 @@ mod socket;
 
 use std::{
     future::Future,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -16,9 +17,11 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use axum::{Router, extract::State, response::Response, routing::get};
 use chat_common::{
-    config::{ConfigError, Source, Vars},
+    bus::LocalBus,
+    config::{CommonConfig, ConfigError, SecretUrl, Source, Vars},
     directory::{DirectoryConfig, UserDirectory},
     http::{Limits, readiness},
     jwt::{JwtSettings, TokenVerifier},
@@ -63,10 +66,17 @@ impl Default for SocketConfig {
 /// websocket-service configuration, from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `PORT` (default 5003).
-    pub port: u16,
-    /// `RABBITMQ_URL`.
-    pub rabbitmq_url: Option<String>,
+    /// `PORT` (default 5003), `BIND_ADDR`, `MAX_BODY_BYTES`, `REQUEST_TIMEOUT`, `CHAT_DEV_MODE`,
+    /// `DATA_DIR`, `LOG_FORMAT`: as for every service (the limits apply to its HTTP requests,
+    /// the upgrade included).
+    pub common: CommonConfig,
+    /// `RABBITMQ_URL`. Required, except in development mode, where events then come from
+    /// [`Self::local_bus`].
+    pub rabbitmq_url: Option<SecretUrl>,
+    /// The in-process bus events come from without `RABBITMQ_URL`: a bus of its own in
+    /// development mode (nothing arrives from other processes); the standalone stack shares its
+    /// chat-service's.
+    pub local_bus: LocalBus,
     pub jwt: JwtSettings,
     /// `AUTH_SERVICE_URL` (default `http://localhost:5001`).
     pub auth_service_url: String,
@@ -77,17 +87,20 @@ pub struct Config {
     /// `LOOKUP_CACHE_SIZE` (default 100000) and `LOOKUP_CACHE_TTL` (default 10 min).
     pub directory: DirectoryConfig,
     pub socket: SocketConfig,
-    pub dev_mode: bool,
-    pub limits: Limits,
 }
 
 impl Config {
     pub fn from_env<S: Source>(vars: &Vars<S>) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env(vars, 5003)?;
+        let rabbitmq_url = vars.amqp_url("RABBITMQ_URL")?.map(SecretUrl::new);
+        if rabbitmq_url.is_none() && !common.dev_mode {
+            return Err(ConfigError::Missing("RABBITMQ_URL"));
+        }
         let d = DirectoryConfig::default();
         let s = SocketConfig::default();
         Ok(Self {
-            port: vars.parse_or("PORT", 5003)?,
-            rabbitmq_url: vars.amqp_url("RABBITMQ_URL")?,
+            rabbitmq_url,
+            local_bus: LocalBus::default(),
             jwt: JwtSettings::from_env(vars)?,
             auth_service_url: vars.http_url_or("AUTH_SERVICE_URL", "http://localhost:5001")?,
             exchange: vars
@@ -95,20 +108,65 @@ impl Config {
                 .unwrap_or_else(|| chat_common::bus::DEFAULT_EXCHANGE.to_owned()),
             prefetch: vars.positive_or("PREFETCH", 256)?,
             directory: DirectoryConfig {
-                capacity: vars.parse_or("LOOKUP_CACHE_SIZE", d.capacity)?,
-                ttl: vars.duration_or("LOOKUP_CACHE_TTL", d.ttl)?,
+                capacity: vars.positive_or("LOOKUP_CACHE_SIZE", d.capacity)?,
+                ttl: vars.nonzero_duration_or("LOOKUP_CACHE_TTL", d.ttl)?,
                 ..d
             },
             socket: SocketConfig {
                 ping_interval: vars.nonzero_duration_or("WS_PING_INTERVAL", s.ping_interval)?,
                 queue: vars.positive_or("WS_QUEUE", s.queue)?,
-                max_message_bytes: vars.parse_or("WS_MAX_MESSAGE_BYTES", s.max_message_bytes)?,
+                max_message_bytes: vars.positive_or("WS_MAX_MESSAGE_BYTES", s.max_message_bytes)?,
                 write_timeout: vars.nonzero_duration_or("WS_WRITE_TIMEOUT", s.write_timeout)?,
                 ..s
             },
-            dev_mode: vars.dev_mode()?,
-            limits: Limits::default(),
+            common,
         })
+    }
+
+    /// Where events come from: RabbitMQ at `RABBITMQ_URL`, else the in-process bus.
+    pub fn event_source(&self) -> EventSource {
+        match &self.rabbitmq_url {
+            Some(url) => EventSource::Amqp {
+                url: url.expose().to_owned(),
+                exchange: self.exchange.clone(),
+                prefetch: self.prefetch,
+            },
+            None => EventSource::Local(self.local_bus.clone()),
+        }
+    }
+}
+
+/// websocket-service ready to serve: its state, its event consumer (started) and its bound
+/// listener, built from the configuration alone. `main`, the standalone stack and the tests all
+/// start it this way.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.common.bind)
+            .await
+            .with_context(|| format!("listening on {}", config.common.bind))?;
+        let state = AppState::new(config)?;
+        if config.rabbitmq_url.is_none() {
+            tracing::info!("no RABBITMQ_URL: events come from the in-process bus");
+        }
+        state.start_consumer(config.event_source());
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    /// Serves until `shutdown` resolves; then closes every socket with 1001 and stops consuming.
+    pub async fn run<F>(self, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        run(self.listener, self.state, shutdown).await
     }
 }
 
@@ -176,7 +234,7 @@ impl AppState {
             shutdown,
             stop: Arc::new(stop),
             http_metrics,
-            limits: config.limits,
+            limits: config.common.limits,
         })
     }
 

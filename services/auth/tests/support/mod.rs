@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use auth_service::{AppState, Config, store::MongoUserStore};
+use auth_service::{App, AppState, Config, store::UserStore};
 use chat_common::{
     config::Vars,
     testing::{self, read_json as read},
@@ -18,7 +18,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
     pub state: AppState,
-    pub store: Arc<MongoUserStore>,
+    pub store: Arc<dyn UserStore>,
     pub database_url: String,
     pub database: String,
     _stop: oneshot::Sender<()>,
@@ -26,6 +26,7 @@ pub struct TestApp {
 
 pub fn vars(database_url: &str, extra: &[(&str, &str)]) -> Vars<Vec<(String, String)>> {
     let mut v = vec![
+        ("BIND_ADDR".to_owned(), "127.0.0.1".to_owned()),
         ("PORT".to_owned(), "0".to_owned()),
         ("DATABASE_URL".to_owned(), database_url.to_owned()),
         ("JWT_SECRET".to_owned(), SECRET.to_owned()),
@@ -48,42 +49,36 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     spawn_on(&database_url, &database, extra).await
 }
 
+/// auth-service over `database_url`, built by `App::build` as `main` builds it, once ready (its
+/// store answers and its unique index exists).
 pub async fn spawn_on(database_url: &str, database: &str, extra: &[(&str, &str)]) -> TestApp {
     let config = Config::from_env(&vars(database_url, extra)).expect("valid test config");
-    let store = Arc::new(
-        MongoUserStore::connect(
-            database_url,
-            config.database_name.as_deref(),
-            "auth-test",
-            config.db_timeout,
-        )
-        .await
-        .expect("valid MongoDB URL"),
-    );
-    store.ensure_indexes().await.unwrap_or_else(|e| {
-        panic!("cannot use the MongoDB-compatible server at {database_url}: {e}")
-    });
-    start(config, store, database_url, database).await
+    let app = start(config, database_url, database).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while app.get("/readyz", None).await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "auth-service not ready within 15 s: is the MongoDB-compatible server at {database_url} up? (TEST_MONGODB_URL; tests/run.sh starts one)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app
 }
 
-pub async fn start(
-    config: Config,
-    store: Arc<MongoUserStore>,
-    database_url: &str,
-    database: &str,
-) -> TestApp {
-    let state = AppState::new(&config, store.clone()).expect("state");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+/// auth-service built from `config`, serving, not waited for.
+pub async fn start(config: Config, database_url: &str, database: &str) -> TestApp {
+    let app = App::build(&config).await.expect("auth-service builds");
+    let addr = app.local_addr();
+    let state = app.state().clone();
     let (stop, stopped) = oneshot::channel();
-    tokio::spawn(auth_service::run(listener, state.clone(), async move {
+    tokio::spawn(app.run(async move {
         let _ = stopped.await;
     }));
     TestApp {
         addr,
         http: reqwest::Client::new(),
+        store: state.store.clone(),
         state,
-        store,
         database_url: database_url.to_owned(),
         database: database.to_owned(),
         _stop: stop,

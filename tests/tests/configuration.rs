@@ -1,0 +1,131 @@
+//! The README's table of environment variables ("Configuration: every environment variable") is
+//! what the code reads: each service's configuration is parsed over a recording source, and the
+//! names it asks for are compared, service by service, with the table's rows.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chat_common::{
+    config::{ConfigError, Recorded, Vars},
+    telemetry,
+};
+
+type Source = Recorded<Vec<(String, String)>>;
+
+/// Every name `from_env` asks for, over a development environment (so nothing is missing).
+fn read_by<C>(from_env: impl FnOnce(&Vars<Source>) -> Result<C, ConfigError>) -> BTreeSet<String> {
+    let vars = Vars(Recorded::new(vec![
+        ("CHAT_DEV_MODE".to_owned(), "true".to_owned()),
+        ("JWT_SECRET".to_owned(), "s".repeat(40)),
+    ]));
+    from_env(&vars).expect("a development configuration");
+    let mut names = vars.0.names();
+    // Logging reads its variables straight from the process environment.
+    names.extend(telemetry::VARS.iter().map(|n| (*n).to_owned()));
+    names
+}
+
+/// Read only in a mode the recording environment does not enable (Ed25519 tokens).
+const CONDITIONAL: [&str; 1] = ["JWT_KEY_ID"];
+
+/// The table: for each service column word, the variables whose row names it.
+fn table() -> BTreeMap<String, BTreeSet<String>> {
+    let root = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let readme = std::fs::read_to_string(root.join("../README.md")).unwrap();
+    let section = readme
+        .split("\n## Configuration: every environment variable\n")
+        .nth(1)
+        .expect("the README has the section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut by_service: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let names: Vec<&str> = cells[1].split('`').skip(1).step_by(2).collect();
+        for service in cells[2].split_whitespace() {
+            by_service
+                .entry(service.to_owned())
+                .or_default()
+                .extend(names.iter().map(|n| (*n).to_owned()));
+        }
+    }
+    by_service
+}
+
+fn same(service: &str, read: &BTreeSet<String>, listed: &BTreeSet<String>) {
+    let unlisted: Vec<&String> = read.difference(listed).collect();
+    let unread: Vec<&String> = listed
+        .difference(read)
+        .filter(|n| !CONDITIONAL.contains(&n.as_str()))
+        .collect();
+    assert!(
+        unlisted.is_empty() && unread.is_empty(),
+        "README table vs {service}'s code: read but not in the table {unlisted:?}; in the table but never read {unread:?}"
+    );
+}
+
+#[test]
+fn the_readme_lists_exactly_the_variables_each_service_reads() {
+    let table = table();
+    let auth = read_by(auth_service::Config::from_env);
+    let chat = read_by(chat_service::Config::from_env);
+    let ws = read_by(websocket_service::Config::from_env);
+    same("auth-service", &auth, &table["auth"]);
+    same("chat-service", &chat, &table["chat"]);
+    same("websocket-service", &ws, &table["websocket"]);
+    // The stack reads what its three services read, except what it sets for them, plus its own.
+    let mut stack: BTreeSet<String> = auth.iter().chain(&chat).chain(&ws).cloned().collect();
+    for set in chat_stack::SETS_FOR_ITS_SERVICES {
+        stack.remove(set);
+    }
+    stack.extend(chat_stack::OWN_VARS.iter().map(|n| (*n).to_owned()));
+    same("chat-stack", &stack, &table["stack"]);
+}
+
+#[test]
+fn a_configuration_fails_naming_the_variable_and_never_shows_credentials() {
+    let env = |pairs: &[(&str, &str)]| {
+        Vars(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let secret = "s".repeat(40);
+    let err = auth_service::Config::from_env(&env(&[("JWT_SECRET", &secret)])).unwrap_err();
+    assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+    let err = websocket_service::Config::from_env(&env(&[("JWT_SECRET", &secret)])).unwrap_err();
+    assert!(err.to_string().contains("RABBITMQ_URL"), "{err}");
+    for (name, zero) in [
+        ("WS_QUEUE", "0"),
+        ("WS_PING_INTERVAL", "0s"),
+        ("REQUEST_TIMEOUT", "0"),
+    ] {
+        let err = websocket_service::Config::from_env(&env(&[
+            ("JWT_SECRET", &secret),
+            ("RABBITMQ_URL", "amqp://mq:5672"),
+            (name, zero),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    let auth = auth_service::Config::from_env(&env(&[
+        ("JWT_SECRET", &secret),
+        ("DATABASE_URL", "mongodb://root:hunter2@db:27017/auth"),
+    ]))
+    .unwrap();
+    let ws = websocket_service::Config::from_env(&env(&[
+        ("JWT_SECRET", &secret),
+        ("RABBITMQ_URL", "amqp://chat:hunter2@mq:5672/%2f"),
+    ]))
+    .unwrap();
+    for shown in [format!("{auth:?}"), format!("{ws:?}")] {
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(&secret),
+            "{shown}"
+        );
+    }
+}
