@@ -382,7 +382,7 @@ pub async fn publish_raw(exchange: &str, payloads: impl IntoIterator<Item = Vec<
 
 /// A token for `id`/`username` expiring in `ttl_secs` (may be negative), signed with `key`.
 pub fn forge_token(id: &str, username: &str, ttl_secs: i64, key: &[u8]) -> String {
-    let now = i64::try_from(chat_common::jwt::now_secs()).unwrap();
+    let now = i64::try_from(chat_common::time::now_secs()).unwrap();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({ "id": id, "username": username, "iat": now, "exp": now + ttl_secs }),

@@ -319,7 +319,7 @@ async fn history_written_by_the_original_reads_and_pages_across_months() {
     stack.user("bob").await;
     // Documents as the original's Mongoose model wrote them, spread over 90 days.
     let messages = stack.messages().await;
-    let now = chat_common::jwt::now_secs();
+    let now = chat_common::time::now_secs();
     let ages = [90 * 86_400, 40 * 86_400, 2 * 86_400, 5 * 3600, 600, 30, 1];
     let mut planted = Vec::new();
     for (i, age) in ages.iter().enumerate() {
@@ -411,7 +411,7 @@ async fn pages_are_exact_where_writers_interleave_across_a_second() {
             ids
         }
     };
-    let now = chat_common::jwt::now_secs();
+    let now = chat_common::time::now_secs();
     let writers: &'static [(u8, u32, u32, u32)] =
         &[(1, 0x00ff_fff0, 40, 12), (2, 5, 9, 4), (3, 900, 3, 3)];
     // An hour old and half a minute old.

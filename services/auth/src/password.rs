@@ -16,6 +16,7 @@ use argon2::{
     Algorithm, Argon2, Block, Params, Version,
     password_hash::phc::{Output, ParamsString, PasswordHash, Salt},
 };
+use chat_common::secret::constant_time_eq;
 use tokio::sync::oneshot;
 
 /// Work for a hashing thread, given that thread's reusable memory.
@@ -105,10 +106,6 @@ fn verify_in(memory: &mut Vec<Block>, password: &[u8], hash: &PasswordHash) -> b
         .hash_password_into_with_memory(password, salt.as_ref(), &mut out, area(memory, blocks))
         .is_ok()
         && constant_time_eq(&out, expected.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// argon2id cost parameters. The minimums are OWASP's (19 MiB, t=2, p=1).

@@ -152,7 +152,7 @@ fn forge(claims: &Value, key: &[u8]) -> String {
 async fn tampered_tokens_are_refused() {
     let app = spawn_app().await;
     let (id, token) = app.user("erin").await;
-    let now = chat_common::jwt::now_secs();
+    let now = chat_common::time::now_secs();
     let lookup = "/auth/user-by-username?username=erin";
 
     let good = json!({ "id": id, "username": "erin", "iat": now, "exp": now + 600 });

@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chat_common::{
-    directory::LookupError,
+    auth_client::LookupError,
     http::{error_response, with_retry_after},
 };
 

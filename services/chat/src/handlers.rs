@@ -57,7 +57,7 @@ pub async fn send(
         content: body.content,
         timestamp_ms: now_millis(),
     };
-    state.store.insert(&message).await?;
+    state.writer.write(&message).await?;
     state.metrics.messages.inc();
     // The message is safe in the database: from here on the send succeeds whatever the broker does.
     let event = Event::new_message(message.view());

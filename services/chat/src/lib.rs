@@ -5,6 +5,7 @@
 pub mod error;
 pub mod publisher;
 pub mod store;
+pub mod writer;
 
 mod handlers;
 
@@ -13,9 +14,9 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{Router, extract::FromRef, routing::get, routing::post};
 use chat_common::{
+    auth_client::{DirectoryConfig, UserDirectory},
     bus::LocalBus,
     config::{CommonConfig, ConfigError, SecretUrl, Source, Vars},
-    directory::{DirectoryConfig, UserDirectory},
     http::Limits,
     jwt::{JwtSettings, TokenVerifier},
     metrics::{self, HttpMetrics},
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 pub use error::ChatError;
 use publisher::{AmqpPublisher, EventPublisher, LocalPublisher};
 use store::{EmbeddedMessageStore, MessageStore, MongoMessageStore};
+use writer::MessageWriter;
 
 /// chat-service configuration, from the environment.
 #[derive(Debug, Clone)]
@@ -162,7 +164,10 @@ pub struct ChatMetrics {
 
 #[derive(Clone)]
 pub struct AppState {
+    /// Reads: history pages and readiness.
     pub store: Arc<dyn MessageStore>,
+    /// Writes: every send, batched (group commit).
+    pub writer: MessageWriter,
     pub publisher: Arc<dyn EventPublisher>,
     pub directory: UserDirectory,
     pub verifier: Arc<TokenVerifier>,
@@ -213,7 +218,8 @@ impl AppState {
             &http_metrics,
         )?;
         Ok(Self {
-            store: store::BatchingStore::wrap(store, config.write_concurrency, config.write_batch),
+            writer: MessageWriter::start(&store, config.write_concurrency, config.write_batch),
+            store,
             publisher,
             directory,
             verifier: Arc::new(config.jwt.verifier()),

@@ -13,6 +13,8 @@ use std::{
     time::Duration,
 };
 
+pub use crate::secret::SecretUrl;
+
 /// A configuration value that is missing or cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -173,7 +175,7 @@ impl<S: Source> Vars<S> {
     }
 
     /// An `http://` or `https://` base URL, without a trailing slash.
-    #[cfg(feature = "directory")]
+    #[cfg(feature = "auth-client")]
     pub fn http_url_or(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
         let v = self.string(name).unwrap_or_else(|| default.to_owned());
         match reqwest::Url::parse(&v) {
@@ -274,43 +276,6 @@ impl CommonConfig {
                 .into(),
             json_logs,
         })
-    }
-}
-
-/// A connection URL that may carry a password: `Debug` and `Display` show it with the
-/// credentials masked (`mongodb://***@db:27017/chat`); [`SecretUrl::expose`] gives the URL itself.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretUrl(String);
-
-impl SecretUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
-    /// The URL with its credentials, for the client that connects with it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for SecretUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // scheme://user:pass@hosts/path: the user information ends at the last `@` before the
-        // path (passwords may hold `@` only percent-encoded, but be safe about it).
-        let Some((scheme, rest)) = self.0.split_once("://") else {
-            return f.write_str("***");
-        };
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        match rest[..authority_end].rfind('@') {
-            Some(at) => write!(f, "{scheme}://***@{}", &rest[at + 1..]),
-            None => f.write_str(&self.0),
-        }
-    }
-}
-
-impl std::fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "\"{self}\"")
     }
 }
 
@@ -446,31 +411,6 @@ mod tests {
                 ),
                 "{bad:?}: {err}"
             );
-        }
-    }
-
-    #[test]
-    fn secret_urls_never_show_their_credentials() {
-        for (url, shown) in [
-            (
-                "mongodb://root:s3cret@mongo:27017/?authSource=admin",
-                "mongodb://***@mongo:27017/?authSource=admin",
-            ),
-            (
-                "amqp://chat:p%40ss@rabbitmq:5672/%2f",
-                "amqp://***@rabbitmq:5672/%2f",
-            ),
-            (
-                "mongodb://u:p@h1:27017,h2:27017/chat?replicaSet=rs0",
-                "mongodb://***@h1:27017,h2:27017/chat?replicaSet=rs0",
-            ),
-            ("mongodb://db:27017/chat", "mongodb://db:27017/chat"),
-            ("not a url with secret@host", "***"),
-        ] {
-            let secret = SecretUrl::new(url);
-            assert_eq!(secret.to_string(), shown);
-            assert_eq!(format!("{secret:?}"), format!("{shown:?}"));
-            assert_eq!(secret.expose(), url);
         }
     }
 

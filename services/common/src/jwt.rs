@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{ConfigError, Source, Vars},
     http::{ApiRejection, bearer_token},
+    secret::constant_time_eq,
+    time::now_secs,
 };
 
 /// Development-only secret, used when `CHAT_DEV_MODE=true` and no `JWT_SECRET` is set.
@@ -82,13 +84,6 @@ struct ServiceClaims<'a> {
     sub: String,
     iat: u64,
     exp: u64,
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The key settings read from the environment.
@@ -367,13 +362,6 @@ impl TokenVerifier {
             Principal::Service(_) => Err(TokenError::Invalid),
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The credential an internal caller sends as `Authorization: Bearer ...`.

@@ -1,4 +1,12 @@
-//! Timestamps as the original rendered them: RFC 3339 UTC with milliseconds.
+//! The one clock of the services (wall time since the Unix epoch), and timestamps as the
+//! original rendered them: RFC 3339 UTC with milliseconds.
+
+/// Seconds since the Unix epoch, now (token issue and expiry times).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {

@@ -15,7 +15,7 @@ use std::{
 
 use axum::extract::ws::Utf8Bytes;
 use chat_common::{
-    directory::UserDirectory,
+    auth_client::UserDirectory,
     event::{Event, Frame, NEW_MESSAGE},
     time::{now_millis, parse_rfc3339_millis},
 };

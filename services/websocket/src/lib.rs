@@ -20,9 +20,9 @@ use std::{
 use anyhow::Context;
 use axum::{Router, extract::State, response::Response, routing::get};
 use chat_common::{
+    auth_client::{DirectoryConfig, UserDirectory},
     bus::LocalBus,
     config::{CommonConfig, ConfigError, SecretUrl, Source, Vars},
-    directory::{DirectoryConfig, UserDirectory},
     http::{Limits, readiness},
     jwt::{JwtSettings, TokenVerifier},
     metrics::{self, HttpMetrics},

@@ -14,7 +14,8 @@ use axum::{
 };
 use chat_common::{
     http::{Query, bearer_token, error_response},
-    jwt::{TokenError, User, now_secs},
+    jwt::{TokenError, User},
+    time::now_secs,
 };
 use futures_util::{SinkExt, StreamExt};
 

@@ -1,10 +1,7 @@
 //! Where messages live: MongoDB (the original's `messages` collection) or an embedded file.
 
-mod batch;
 mod embedded;
 mod mongo;
-
-pub use batch::BatchingStore;
 
 pub use embedded::EmbeddedMessageStore;
 pub use mongo::MongoMessageStore;
@@ -54,12 +51,8 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
-    /// Stores a message; returns once the write is acknowledged.
-    async fn insert(&self, message: &Message) -> Result<(), StoreError> {
-        self.insert_many(std::slice::from_ref(message)).await
-    }
-
-    /// Stores several messages in one write; returns once it is acknowledged.
+    /// Stores several messages in one write; returns once it is acknowledged. Sends go through
+    /// [`crate::writer::MessageWriter`], which batches them into these writes.
     async fn insert_many(&self, messages: &[Message]) -> Result<(), StoreError>;
 
     /// Messages between `a` and `b` in both directions, oldest first.
