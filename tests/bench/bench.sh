@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The standard benchmark suite on this machine. Starts RabbitMQ and the MongoDB-compatible server
-# (as the tests do), builds and starts the three services in release mode, runs chat-bench's
+# (as the tests do), builds and starts the three services as the images ship them (dist profile), runs chat-bench's
 # standard runs against them and then against the standalone chat-stack, and prints one summary
 # table next to the targets. JSON results and SVG plots go to $BENCH_OUT (default target/bench).
 #
@@ -18,9 +18,9 @@ long() { if [ "$QUICK" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
 ensure_rabbitmq
 ensure_secantus
-log "building release binaries"
-cargo build --release --locked --bin auth-service --bin chat-service --bin websocket-service --bin chat-stack --bin chat-bench
-BIN="$CARGO_TARGET_DIR/release"
+log "building the binaries as the images ship them (--profile dist)"
+cargo build --profile dist --locked --bin auth-service --bin chat-service --bin websocket-service --bin chat-stack --bin chat-bench
+BIN="$CARGO_TARGET_DIR/dist"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 SECRET="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"

@@ -25,7 +25,9 @@ use tokio::net::TcpListener;
 pub use error::AuthError;
 pub use migrate::{MigrationReport, migrate_passwords};
 use password::{HashMetrics, HashParams, PasswordHasher};
-use store::{EmbeddedUserStore, MongoUserStore, UserStore};
+#[cfg(feature = "mongo")]
+use store::MongoUserStore;
+use store::{EmbeddedUserStore, UserStore};
 use throttle::LoginThrottle;
 
 /// auth-service configuration, from the environment.
@@ -72,7 +74,10 @@ impl Config {
                 "argon2id parameters below OWASP's minimum (19456 KiB, t=2, p=1)",
             ));
         }
+        #[cfg(feature = "mongo")]
         let database_url = vars.string("DATABASE_URL").map(SecretUrl::new);
+        #[cfg(not(feature = "mongo"))]
+        let database_url = vars.unsupported("DATABASE_URL", "mongo")?;
         if database_url.is_none() && !common.dev_mode {
             return Err(ConfigError::Missing("DATABASE_URL"));
         }
@@ -130,6 +135,7 @@ impl App {
 /// the background and retried until it exists; registration creates it first if need be), else,
 /// in development mode, the embedded file `DATA_DIR/auth.redb`.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn UserStore>> {
+    #[cfg(feature = "mongo")]
     if let Some(url) = &config.database_url {
         let name = config.database_name.as_deref();
         let mongo = Arc::new(

@@ -1,13 +1,13 @@
 use std::{sync::Arc, time::Instant};
 
 use axum::{extract::State, http::StatusCode, response::Response};
+use bson::oid::ObjectId;
 use chat_common::{
     event::Event,
     http::{Json, Query, readiness},
     jwt::AuthUser,
     time::now_millis,
 };
-use mongodb::bson::oid::ObjectId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -24,8 +24,8 @@ use chat_common::{
 use tokio::net::TcpListener;
 
 pub use error::ChatError;
-use publisher::{AmqpPublisher, EventPublisher, LocalPublisher};
-use store::{EmbeddedMessageStore, MessageStore, MongoMessageStore};
+use publisher::{EventPublisher, LocalPublisher};
+use store::{EmbeddedMessageStore, MessageStore};
 use writer::MessageWriter;
 
 /// chat-service configuration, from the environment.
@@ -65,11 +65,17 @@ pub struct Config {
 impl Config {
     pub fn from_env<S: Source>(vars: &Vars<S>) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(vars, 5002)?;
+        #[cfg(feature = "mongo")]
         let database_url = vars.string("DATABASE_URL").map(SecretUrl::new);
+        #[cfg(not(feature = "mongo"))]
+        let database_url = vars.unsupported("DATABASE_URL", "mongo")?;
         if database_url.is_none() && !common.dev_mode {
             return Err(ConfigError::Missing("DATABASE_URL"));
         }
+        #[cfg(feature = "amqp")]
         let rabbitmq_url = vars.amqp_url("RABBITMQ_URL")?.map(SecretUrl::new);
+        #[cfg(not(feature = "amqp"))]
+        let rabbitmq_url = vars.unsupported("RABBITMQ_URL", "amqp")?;
         if rabbitmq_url.is_none() && !common.dev_mode {
             return Err(ConfigError::Missing("RABBITMQ_URL"));
         }
@@ -107,17 +113,7 @@ impl App {
             .await
             .with_context(|| format!("listening on {}", config.common.bind))?;
         let store = open_store(config).await?;
-        let publisher: Arc<dyn EventPublisher> = if let Some(url) = &config.rabbitmq_url {
-            AmqpPublisher::start(
-                url.expose().to_owned(),
-                config.exchange.clone(),
-                config.publish_timeout,
-            )
-        } else {
-            tracing::info!("no RABBITMQ_URL: events go through the in-process bus");
-            Arc::new(LocalPublisher(config.local_bus.clone()))
-        };
-        let state = AppState::new(config, store, publisher)?;
+        let state = AppState::new(config, store, publisher(config))?;
         Ok(Self { listener, state })
     }
 
@@ -134,15 +130,35 @@ impl App {
     }
 }
 
+/// Where events go: RabbitMQ's exchange at `RABBITMQ_URL`, else the in-process bus.
+pub fn publisher(config: &Config) -> Arc<dyn EventPublisher> {
+    #[cfg(feature = "amqp")]
+    if let Some(url) = &config.rabbitmq_url {
+        return publisher::AmqpPublisher::start(
+            url.expose().to_owned(),
+            config.exchange.clone(),
+            config.publish_timeout,
+        );
+    }
+    tracing::info!("no RABBITMQ_URL: events go through the in-process bus");
+    Arc::new(LocalPublisher(config.local_bus.clone()))
+}
+
 /// The message store the configuration names: MongoDB at `DATABASE_URL` (its index created in
 /// the background, retried until it exists), else, in development mode, the embedded file
 /// `DATA_DIR/chat.redb`.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MessageStore>> {
+    #[cfg(feature = "mongo")]
     if let Some(url) = &config.database_url {
         let name = config.database_name.as_deref();
         let mongo = Arc::new(
-            MongoMessageStore::connect(url.expose(), name, "chat-service", config.db_timeout)
-                .await?,
+            store::MongoMessageStore::connect(
+                url.expose(),
+                name,
+                "chat-service",
+                config.db_timeout,
+            )
+            .await?,
         );
         let indexing = mongo.clone();
         tokio::spawn(async move { indexing.ensure_indexes_with_retry().await });
@@ -262,6 +278,7 @@ mod tests {
         ))
     }
 
+    #[cfg(all(feature = "mongo", feature = "amqp"))]
     #[test]
     fn debug_of_the_config_shows_no_credentials() {
         let secret = "s".repeat(40);
@@ -283,6 +300,7 @@ mod tests {
         );
     }
 
+    #[cfg(all(feature = "mongo", feature = "amqp"))]
     #[test]
     fn servers_are_required_outside_development_mode_and_limits_above_zero() {
         let secret = "s".repeat(40);
@@ -320,6 +338,40 @@ mod tests {
             pairs.push((name, zero));
             let err = config(&pairs).unwrap_err().to_string();
             assert!(err.contains(name), "{name}={zero}: {err}");
+        }
+    }
+
+    /// Built without a backend (`cargo test -p chat-service --no-default-features`, which
+    /// tests/run.sh runs), its variable stops start-up naming the feature, never ignored.
+    #[cfg(not(all(feature = "mongo", feature = "amqp")))]
+    #[test]
+    fn a_backend_left_out_of_the_build_is_refused_naming_its_feature() {
+        let secret = "s".repeat(40);
+        for (name, value, feature) in [
+            (
+                "DATABASE_URL",
+                "mongodb://root:hunter2@db:27017/chat",
+                "mongo",
+            ),
+            ("RABBITMQ_URL", "amqp://chat:hunter2@mq:5672/%2f", "amqp"),
+        ] {
+            if (feature == "mongo" && cfg!(feature = "mongo"))
+                || (feature == "amqp" && cfg!(feature = "amqp"))
+            {
+                continue;
+            }
+            let err = config(&[
+                ("CHAT_DEV_MODE", "true"),
+                ("JWT_SECRET", &secret),
+                (name, value),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(name) && err.contains(&format!("--features {feature}")),
+                "{err}"
+            );
+            assert!(!err.contains("hunter2"), "{err}");
         }
     }
 }

@@ -26,6 +26,14 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error(
+        "{name} is set, but this binary was built without the cargo feature `{feature}` that \
+         serves it: rebuild with `--features {feature}` (or unset {name})"
+    )]
+    Unsupported {
+        name: &'static str,
+        feature: &'static str,
+    },
 }
 
 impl ConfigError {
@@ -219,6 +227,19 @@ impl<S: Source> Vars<S> {
             ));
         }
         Ok(d)
+    }
+
+    /// A server URL this build cannot use (its client was left out with cargo feature
+    /// `feature`): unset is fine, set is an error naming the feature, never ignored.
+    pub fn unsupported(
+        &self,
+        name: &'static str,
+        feature: &'static str,
+    ) -> Result<Option<SecretUrl>, ConfigError> {
+        match self.string(name) {
+            None => Ok(None),
+            Some(_) => Err(ConfigError::Unsupported { name, feature }),
+        }
     }
 
     /// `CHAT_DEV_MODE=true` allows built-in development defaults (such as a JWT secret).

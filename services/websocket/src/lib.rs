@@ -92,7 +92,10 @@ pub struct Config {
 impl Config {
     pub fn from_env<S: Source>(vars: &Vars<S>) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(vars, 5003)?;
+        #[cfg(feature = "amqp")]
         let rabbitmq_url = vars.amqp_url("RABBITMQ_URL")?.map(SecretUrl::new);
+        #[cfg(not(feature = "amqp"))]
+        let rabbitmq_url = vars.unsupported("RABBITMQ_URL", "amqp")?;
         if rabbitmq_url.is_none() && !common.dev_mode {
             return Err(ConfigError::Missing("RABBITMQ_URL"));
         }
@@ -125,14 +128,15 @@ impl Config {
 
     /// Where events come from: RabbitMQ at `RABBITMQ_URL`, else the in-process bus.
     pub fn event_source(&self) -> EventSource {
-        match &self.rabbitmq_url {
-            Some(url) => EventSource::Amqp {
+        #[cfg(feature = "amqp")]
+        if let Some(url) = &self.rabbitmq_url {
+            return EventSource::Amqp {
                 url: url.expose().to_owned(),
                 exchange: self.exchange.clone(),
                 prefetch: self.prefetch,
-            },
-            None => EventSource::Local(self.local_bus.clone()),
+            };
         }
+        EventSource::Local(self.local_bus.clone())
     }
 }
 

@@ -159,3 +159,123 @@ where
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
 }
+
+/// The socket task driven through channels (no network): what it writes, and when it stops.
+#[cfg(test)]
+mod tests {
+    use std::{
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    use std::sync::Arc;
+
+    use chat_common::config::Vars;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::outbox::Outbox;
+
+    /// A socket whose two directions are channels the test holds the other ends of.
+    struct Channels {
+        to_client: mpsc::UnboundedSender<Message>,
+        from_client: mpsc::UnboundedReceiver<Result<Message, axum::Error>>,
+    }
+
+    impl futures_util::Sink<Message> for Channels {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.to_client.send(item).map_err(axum::Error::new)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl futures_util::Stream for Channels {
+        type Item = Result<Message, axum::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_recv(cx)
+        }
+    }
+
+    struct Client {
+        received: mpsc::UnboundedReceiver<Message>,
+        send: mpsc::UnboundedSender<Result<Message, axum::Error>>,
+    }
+
+    fn state() -> AppState {
+        let vars = Vars(vec![
+            ("CHAT_DEV_MODE".to_owned(), "true".to_owned()),
+            ("JWT_SECRET".to_owned(), "s".repeat(40)),
+        ]);
+        AppState::new(&crate::Config::from_env(&vars).unwrap()).unwrap()
+    }
+
+    /// Starts the socket task for `bob`, expiring at `expires_at`; the outbox feeds it.
+    fn start(
+        state: &AppState,
+        expires_at: u64,
+    ) -> (Arc<Outbox>, Client, tokio::task::JoinHandle<()>) {
+        let (to_client, received) = mpsc::unbounded_channel();
+        let (send, from_client) = mpsc::unbounded_channel();
+        let reg = state.hub.register("bob", "bob-id");
+        let outbox = reg.outbox.clone();
+        let state = state.clone();
+        let task = tokio::spawn(async move {
+            let socket = Channels {
+                to_client,
+                from_client,
+            };
+            run_socket(socket, reg, expires_at, &state).await;
+        });
+        (outbox, Client { received, send }, task)
+    }
+
+    async fn next(client: &mut Client) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), client.received.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the task is alive")
+    }
+
+    #[tokio::test]
+    async fn queued_frames_are_written_in_order_and_a_client_close_ends_the_task() {
+        let state = state();
+        let (outbox, mut client, task) = start(&state, now_secs() + 3600);
+        for frame in ["one", "two", "three"] {
+            assert!(outbox.push(frame.into()));
+        }
+        for frame in ["one", "two", "three"] {
+            assert_eq!(next(&mut client).await, Message::Text(frame.into()));
+        }
+        client.send.send(Ok(Message::Close(None))).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends when the client closes")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_closes_with_4001_and_shutdown_with_1001() {
+        let state = state();
+        let (_outbox, mut client, task) = start(&state, now_secs());
+        let expected = close(CLOSE_UNAUTHORIZED, "Token expired");
+        assert_eq!(next(&mut client).await, expected);
+        task.await.unwrap();
+
+        let (_outbox, mut client, task) = start(&state, now_secs() + 3600);
+        let _ = state.stop.send(true);
+        assert_eq!(
+            next(&mut client).await,
+            close(CLOSE_GOING_AWAY, "Server shutting down")
+        );
+        task.await.unwrap();
+    }
+}

@@ -2,9 +2,11 @@
 //! original's `users` collection) and an embedded one (the standalone stack, persistent on disk).
 
 mod embedded;
+#[cfg(feature = "mongo")]
 mod mongo;
 
 pub use embedded::EmbeddedUserStore;
+#[cfg(feature = "mongo")]
 pub use mongo::MongoUserStore;
 
 use async_trait::async_trait;

@@ -4,7 +4,7 @@
 use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
-use mongodb::bson::oid::ObjectId;
+use bson::oid::ObjectId;
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 

@@ -1,14 +1,16 @@
 //! Where messages live: MongoDB (the original's `messages` collection) or an embedded file.
 
 mod embedded;
+#[cfg(feature = "mongo")]
 mod mongo;
 
 pub use embedded::EmbeddedMessageStore;
+#[cfg(feature = "mongo")]
 pub use mongo::MongoMessageStore;
 
 use async_trait::async_trait;
+use bson::oid::ObjectId;
 use chat_common::{event::MessageView, time::rfc3339_millis};
-use mongodb::bson::oid::ObjectId;
 
 /// A stored message; `timestamp` in milliseconds since the Unix epoch (a BSON date in MongoDB).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,18 +61,4 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn conversation(&self, a: &str, b: &str, page: Page) -> Result<Vec<Message>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
-}
-
-/// Merges two id-ordered runs (one per direction) into the page wanted, oldest first.
-pub(crate) fn merge_page(mut x: Vec<Message>, y: Vec<Message>, page: Page) -> Vec<Message> {
-    x.extend(y);
-    x.sort_by_key(|m| m.id);
-    match page {
-        Page::Latest { limit } | Page::Before { limit, .. } => {
-            let skip = x.len().saturating_sub(limit);
-            x.drain(..skip);
-        }
-        Page::After { limit, .. } => x.truncate(limit),
-    }
-    x
 }

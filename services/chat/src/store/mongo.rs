@@ -24,7 +24,7 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Message, MessageStore, Page, StoreError, merge_page};
+use super::{Message, MessageStore, Page, StoreError};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct MessageDoc {
@@ -191,4 +191,18 @@ impl MessageStore for MongoMessageStore {
         self.timed(self.db.run_command(doc! { "ping": 1 })).await?;
         Ok(())
     }
+}
+
+/// Merges two id-ordered runs (one per direction) into the page wanted, oldest first.
+fn merge_page(mut x: Vec<Message>, y: Vec<Message>, page: Page) -> Vec<Message> {
+    x.extend(y);
+    x.sort_by_key(|m| m.id);
+    match page {
+        Page::Latest { limit } | Page::Before { limit, .. } => {
+            let skip = x.len().saturating_sub(limit);
+            x.drain(..skip);
+        }
+        Page::After { limit, .. } => x.truncate(limit),
+    }
+    x
 }

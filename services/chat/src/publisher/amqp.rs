@@ -1,10 +1,4 @@
-//! Publishing `new_message` events: to RabbitMQ's fanout exchange with publisher confirms, or to
-//! the in-process bus of the standalone stack.
-//!
-//! The AMQP publisher keeps one channel in confirm mode. Concurrent sends publish on it without
-//! waiting for each other and each awaits its own confirm, so confirms overlap. A supervisor task
-//! owns the connection: it reconnects with backoff whenever the connection drops (lapin's own
-//! recovery is not used), and sends made while it is down fail fast.
+//! The AMQP publisher (feature `amqp`).
 
 use std::{
     sync::{
@@ -15,50 +9,13 @@ use std::{
 };
 
 use async_trait::async_trait;
-use chat_common::{
-    amqp,
-    backoff::Backoff,
-    bus::{LocalBus, Payload},
-};
+use chat_common::{amqp, backoff::Backoff, bus::Payload};
 use lapin::{
     BasicProperties, Channel, Confirmation,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("not connected to the broker")]
-    NotConnected,
-    #[error("broker refused the event")]
-    Nacked,
-    #[error("no confirm within {0:?}")]
-    Timeout(Duration),
-    #[error("broker error: {0}")]
-    Broker(#[from] lapin::Error),
-}
-
-#[async_trait]
-pub trait EventPublisher: Send + Sync + 'static {
-    /// Publishes one event; returns once the broker confirmed it.
-    async fn publish(&self, payload: Payload) -> Result<(), PublishError>;
-    /// `Ok` when events can be published now (for `/readyz`).
-    fn ready(&self) -> Result<(), String>;
-}
-
-/// The standalone stack's publisher: the in-process broadcast.
-pub struct LocalPublisher(pub LocalBus);
-
-#[async_trait]
-impl EventPublisher for LocalPublisher {
-    async fn publish(&self, payload: Payload) -> Result<(), PublishError> {
-        self.0.publish(payload);
-        Ok(())
-    }
-
-    fn ready(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
+use super::{EventPublisher, PublishError};
 
 /// Publisher to RabbitMQ's fanout exchange.
 pub struct AmqpPublisher {

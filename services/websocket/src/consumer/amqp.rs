@@ -1,22 +1,11 @@
-//! Consuming `new_message` events.
-//!
-//! From RabbitMQ: each replica declares its own server-named, exclusive, auto-delete queue bound
-//! to the fanout exchange, consumes it with manual acks and a prefetch window, and acks each event
-//! once it has been handed to the sockets. When the connection drops, the supervisor reconnects
-//! with backoff and declares a *fresh* queue (lapin's recovery would re-declare the old
-//! server-named queue, which the broker deleted). Open sockets keep being served meanwhile.
-//!
-//! From the in-process bus (standalone stack): a broadcast subscription.
+//! Consuming from RabbitMQ (feature `amqp`).
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
-use chat_common::{amqp, backoff::Backoff, bus::LocalBus};
+use chat_common::{amqp, backoff::Backoff};
 use futures_util::StreamExt;
 use lapin::{
     Connection, Consumer,
@@ -26,58 +15,8 @@ use lapin::{
     },
     types::FieldTable,
 };
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::hub::Hub;
-
-/// Where events come from.
-#[derive(Clone, Debug)]
-pub enum EventSource {
-    Amqp {
-        url: String,
-        exchange: String,
-        prefetch: u16,
-    },
-    Local(LocalBus),
-}
-
-/// Consumes `source` into `hub` until `stop` is set; `ready` tells whether events flow.
-pub async fn run(
-    source: EventSource,
-    hub: Arc<Hub>,
-    ready: Arc<AtomicBool>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    match source {
-        EventSource::Local(bus) => {
-            let mut rx = bus.subscribe();
-            drop(bus);
-            let mut stop = stop;
-            ready.store(true, Ordering::Release);
-            loop {
-                let received = tokio::select! {
-                    _ = stop.changed() => break,
-                    r = rx.recv() => r,
-                };
-                match received {
-                    Ok(payload) => hub.handle(&payload).await,
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "event consumer lagged");
-                    }
-                    Err(RecvError::Closed) => break,
-                }
-            }
-            ready.store(false, Ordering::Release);
-        }
-        EventSource::Amqp {
-            url,
-            exchange,
-            prefetch,
-        } => {
-            amqp(&url, &exchange, prefetch, &hub, &ready, stop).await;
-        }
-    }
-}
 
 async fn subscribe(
     url: &str,
@@ -139,7 +78,7 @@ async fn ack(acker: &lapin::Acker) -> bool {
     }
 }
 
-async fn amqp(
+pub(super) async fn consume(
     url: &str,
     exchange: &str,
     prefetch: u16,
