@@ -468,6 +468,85 @@ async fn pages_are_exact_where_writers_interleave_across_a_second() {
     check(hex, vec![100, 104, 105, 109]).await;
 }
 
+type Seeded = Vec<(&'static str, &'static str, mongodb::bson::oid::ObjectId)>;
+
+/// A long two-sided conversation, a one-sided one, and notes to self: 300 messages.
+async fn seed_conversations(store: &chat_service::store::MongoMessageStore) -> Seeded {
+    use chat_service::store::{Message, MessageStore};
+    use mongodb::bson::oid::ObjectId;
+
+    let mut ids = Vec::new();
+    let mut batch = Vec::new();
+    for i in 0..300 {
+        let (sender, recipient) = match i % 5 {
+            0 | 1 => ("alice", "bob"),
+            2 => ("bob", "alice"),
+            3 => ("alice", "carol"),
+            _ => ("alice", "alice"),
+        };
+        let id = ObjectId::new();
+        ids.push((sender, recipient, id));
+        batch.push(Message {
+            id,
+            sender: sender.to_owned(),
+            recipient: recipient.to_owned(),
+            content: format!("m{i}"),
+            timestamp_ms: 0,
+            idempotency_key: None,
+        });
+    }
+    store.insert_many(&batch, 0).await.unwrap();
+    ids
+}
+
+/// A user's catch-up over all their conversations: two queries too (one per index), exact, and
+/// a note to oneself once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_catch_up_is_two_queries() {
+    use std::sync::atomic::Ordering;
+
+    use chat_service::store::MessageStore;
+    use mongodb::bson::oid::ObjectId;
+
+    let (store, commands) = counted_store().await;
+    let ids = seed_conversations(&store).await;
+    let middle = ids[150].2;
+    let mine: Vec<ObjectId> = ids
+        .iter()
+        .filter(|(s, r, _)| *s == "bob" || *r == "bob")
+        .map(|(_, _, id)| *id)
+        .collect();
+    let alices: Vec<ObjectId> = ids
+        .iter()
+        .filter(|(s, r, _)| *s == "alice" || *r == "alice")
+        .map(|(_, _, id)| *id)
+        .collect();
+    for (user, all) in [("bob", &mine), ("alice", &alices)] {
+        for (after, limit) in [(None, 1000), (Some(middle), 20), (Some(middle), 1000)] {
+            let before = commands.load(Ordering::SeqCst);
+            let found: Vec<ObjectId> = store
+                .for_user(user, after, limit)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect();
+            assert_eq!(
+                commands.load(Ordering::SeqCst) - before,
+                2,
+                "{user} {after:?}"
+            );
+            let expected: Vec<ObjectId> = all
+                .iter()
+                .copied()
+                .filter(|id| after.is_none_or(|a| *id > a))
+                .take(limit)
+                .collect();
+            assert_eq!(found, expected, "{user} after {after:?} limit {limit}");
+        }
+    }
+}
+
 /// A message store over its own database whose client counts every command but the inserts
 /// (the driver's command monitoring).
 async fn counted_store() -> (
@@ -508,31 +587,11 @@ async fn counted_store() -> (
 async fn a_history_page_is_at_most_two_queries() {
     use std::sync::atomic::Ordering;
 
-    use chat_service::store::{Message, MessageStore, Page};
+    use chat_service::store::{MessageStore, Page};
     use mongodb::bson::oid::ObjectId;
 
     let (store, commands) = counted_store().await;
-    // A long two-sided conversation, a one-sided one, and notes to self.
-    let mut ids = Vec::new();
-    let mut batch = Vec::new();
-    for i in 0..300 {
-        let (sender, recipient) = match i % 5 {
-            0 | 1 => ("alice", "bob"),
-            2 => ("bob", "alice"),
-            3 => ("alice", "carol"),
-            _ => ("alice", "alice"),
-        };
-        let id = ObjectId::new();
-        ids.push((sender, recipient, id));
-        batch.push(Message {
-            id,
-            sender: sender.to_owned(),
-            recipient: recipient.to_owned(),
-            content: format!("m{i}"),
-            timestamp_ms: 0,
-        });
-    }
-    store.insert_many(&batch).await.unwrap();
+    let ids = seed_conversations(&store).await;
 
     let middle = ids[150].2;
     for (a, b, expected) in [
@@ -596,4 +655,117 @@ async fn a_history_page_is_at_most_two_queries() {
         page.iter().map(|m| m.id).collect::<Vec<_>>(),
         pair[at..at + 5]
     );
+}
+
+fn stored(sender: &str, key: Option<&str>, content: &str) -> chat_service::store::Message {
+    chat_service::store::Message {
+        id: mongodb::bson::oid::ObjectId::new(),
+        sender: sender.to_owned(),
+        recipient: "bob".to_owned(),
+        content: content.to_owned(),
+        timestamp_ms: chat_common::time::now_millis(),
+        idempotency_key: key.map(str::to_owned),
+    }
+}
+
+/// On the MongoDB wire: one batch holding a key twice, and a key already stored, store each key
+/// once and say which messages were refused; the others are written.
+#[tokio::test]
+async fn idempotency_keys_are_unique_per_sender_within_and_across_batches() {
+    use chat_service::store::{Inserted, MessageStore};
+
+    let (store, _) = counted_store().await;
+    let first = [stored("alice", Some("k1"), "one")];
+    assert_eq!(
+        store.insert_many(&first, 0).await.unwrap(),
+        [Inserted::Stored]
+    );
+    let batch = [
+        stored("alice", Some("k1"), "again"),
+        stored("alice", Some("k2"), "two"),
+        stored("alice", Some("k2"), "two, again"),
+        stored("carol", Some("k1"), "carol's own k1"),
+        stored("alice", None, "no key"),
+        stored("alice", None, "no key either"),
+    ];
+    assert_eq!(
+        store.insert_many(&batch, 0).await.unwrap(),
+        [
+            Inserted::DuplicateKey,
+            Inserted::Stored,
+            Inserted::DuplicateKey,
+            Inserted::Stored,
+            Inserted::Stored,
+            Inserted::Stored,
+        ]
+    );
+    let single = [stored("alice", Some("k2"), "single")];
+    assert_eq!(
+        store.insert_many(&single, 0).await.unwrap(),
+        [Inserted::DuplicateKey]
+    );
+    let found = store
+        .by_idempotency_key("alice", "k2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.content, "two");
+    assert_eq!(found.idempotency_key.as_deref(), Some("k2"));
+    assert!(
+        store
+            .by_idempotency_key("bob", "k1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Replicas sweeping the outbox together: every unpublished message is claimed by exactly one,
+/// and a lease still held is left alone (and reported as the next one due).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sweeping_together_claim_each_message_once() {
+    use std::collections::BTreeSet;
+
+    use chat_common::time::now_millis;
+    use chat_service::store::MessageStore;
+
+    let (one, _) = counted_store().await;
+    let two = std::sync::Arc::new(one.same_database());
+    let one = std::sync::Arc::new(one);
+    let left: Vec<_> = (0..120)
+        .map(|i| stored("alice", None, &format!("m{i}")))
+        .collect();
+    one.insert_many(&left, now_millis() - 1).await.unwrap();
+    let held = [stored("alice", None, "in flight")];
+    let held_until = now_millis() + 60_000;
+    one.insert_many(&held, held_until).await.unwrap();
+
+    let sweep = |store: std::sync::Arc<chat_service::store::MongoMessageStore>| async move {
+        let mut mine = Vec::new();
+        loop {
+            let now = now_millis();
+            let claimed = store
+                .claim_unpublished(now, now + 60_000, 16)
+                .await
+                .unwrap();
+            if claimed.messages.is_empty() {
+                return (mine, claimed.next_due_ms);
+            }
+            mine.extend(claimed.messages.into_iter().map(|m| m.id));
+        }
+    };
+    let ((a, due_a), (b, due_b)) = tokio::join!(sweep(one.clone()), sweep(two.clone()));
+    let a_set: BTreeSet<_> = a.iter().collect();
+    let b_set: BTreeSet<_> = b.iter().collect();
+    assert!(a_set.is_disjoint(&b_set), "a message claimed twice");
+    assert_eq!(a.len() + b.len(), left.len(), "every message claimed");
+    assert!(!a.contains(&held[0].id) && !b.contains(&held[0].id));
+    assert_eq!(due_a.or(due_b), Some(held_until));
+
+    // Cleared, a message is never claimed again.
+    let all: Vec<_> = left.iter().chain(&held).map(|m| m.id).collect();
+    one.mark_published(&all).await.unwrap();
+    let far = now_millis() + 3_600_000;
+    let claimed = one.claim_unpublished(far, far, 1000).await.unwrap();
+    assert!(claimed.messages.is_empty() && claimed.next_due_ms.is_none());
 }

@@ -129,3 +129,109 @@ fn a_configuration_fails_naming_the_variable_and_never_shows_credentials() {
         );
     }
 }
+
+/// One line of a service's `.env.example`: `NAME=value` is set for a production start,
+/// `# NAME=value` documents the default the code uses when it is unset.
+struct Example {
+    set: Vec<(String, String)>,
+    defaults: Vec<(String, String)>,
+}
+
+fn example(service_dir: &str) -> Example {
+    let root = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let path = root
+        .join("../services")
+        .join(service_dir)
+        .join(".env.example");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let assignment = |line: &str| {
+        let (name, value) = line.split_once('=')?;
+        let is_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        is_name.then(|| (name.to_owned(), value.to_owned()))
+    };
+    let mut example = Example {
+        set: Vec::new(),
+        defaults: Vec::new(),
+    };
+    for line in text.lines() {
+        if let Some(commented) = line.strip_prefix("# ") {
+            example.defaults.extend(assignment(commented));
+        } else {
+            example.set.extend(assignment(line));
+        }
+    }
+    example
+}
+
+/// Each service's `.env.example` names exactly the variables it reads; with its required empty
+/// values filled in it is a valid configuration; and every default it shows is the code's: setting
+/// it changes nothing.
+fn check_example<C: std::fmt::Debug>(
+    service_dir: &str,
+    from_env: impl Fn(&Vars<Vec<(String, String)>>) -> Result<C, ConfigError>,
+    read: &BTreeSet<String>,
+) {
+    let example = example(service_dir);
+    let listed: BTreeSet<String> = example
+        .set
+        .iter()
+        .chain(&example.defaults)
+        .map(|(n, _)| n.clone())
+        .collect();
+    same(
+        &format!("services/{service_dir}/.env.example"),
+        read,
+        &listed,
+    );
+    let base: Vec<(String, String)> = example
+        .set
+        .iter()
+        .map(|(n, v)| match (n.as_str(), v.is_empty()) {
+            ("JWT_SECRET", true) => (n.clone(), "s".repeat(40)),
+            (_, true) => panic!("{service_dir}: {n} is set empty and the test has no value for it"),
+            _ => (n.clone(), v.clone()),
+        })
+        .collect();
+    let start = from_env(&Vars(base.clone()))
+        .unwrap_or_else(|e| panic!("services/{service_dir}/.env.example: {e}"));
+    // RUST_LOG is read by the log filter from the process environment, not by `from_env`.
+    for (name, value) in example
+        .defaults
+        .iter()
+        .filter(|(n, v)| !v.is_empty() && n != "RUST_LOG")
+    {
+        let mut with = base.clone();
+        with.push((name.clone(), value.clone()));
+        let shown = from_env(&Vars(with))
+            .unwrap_or_else(|e| panic!("services/{service_dir}/.env.example: {name}={value}: {e}"));
+        assert_eq!(
+            format!("{shown:?}"),
+            format!("{start:?}"),
+            "services/{service_dir}/.env.example shows {name}={value}, which is not the code's default"
+        );
+    }
+}
+
+#[test]
+fn each_services_env_example_is_what_its_code_reads_with_its_defaults() {
+    check_example(
+        "auth",
+        auth_service::Config::from_env,
+        &read_by(auth_service::Config::from_env),
+    );
+    check_example(
+        "chat",
+        chat_service::Config::from_env,
+        &read_by(chat_service::Config::from_env),
+    );
+    check_example(
+        "websocket",
+        websocket_service::Config::from_env,
+        &read_by(websocket_service::Config::from_env),
+    );
+}

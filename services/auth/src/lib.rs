@@ -15,7 +15,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{Router, extract::FromRef, routing::get, routing::post};
 use chat_common::{
-    config::{CommonConfig, ConfigError, SecretUrl, Source, Vars},
+    config::{CommonConfig, ConfigError, Durability, SecretUrl, Source, Vars},
     http::Limits,
     jwt::{JwtSettings, TokenIssuer, TokenVerifier},
     metrics::{self, HttpMetrics},
@@ -56,6 +56,9 @@ pub struct Config {
     pub login_failure_window: Duration,
     /// `DB_TIMEOUT`: longest a database call may take (default 5 s).
     pub db_timeout: Duration,
+    /// `WRITE_CONCERN` and `WRITE_JOURNAL`: when MongoDB acknowledges a write (default: a
+    /// majority, journaled).
+    pub durability: Durability,
 }
 
 impl Config {
@@ -92,6 +95,7 @@ impl Config {
             login_failure_window: vars
                 .nonzero_duration_or("LOGIN_FAILURE_WINDOW", Duration::from_secs(60))?,
             db_timeout: vars.nonzero_duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
+            durability: vars.durability()?,
             common,
         })
     }
@@ -139,7 +143,14 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn UserStore>> {
     if let Some(url) = &config.database_url {
         let name = config.database_name.as_deref();
         let mongo = Arc::new(
-            MongoUserStore::connect(url.expose(), name, "auth-service", config.db_timeout).await?,
+            MongoUserStore::connect(
+                url.expose(),
+                name,
+                "auth-service",
+                config.db_timeout,
+                config.durability,
+            )
+            .await?,
         );
         let indexing = mongo.clone();
         tokio::spawn(async move { indexing.ensure_indexes_with_retry().await });

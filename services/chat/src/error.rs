@@ -20,6 +20,8 @@ pub enum ChatError {
     Forbidden(&'static str),
     #[error("Recipient not found")]
     RecipientNotFound,
+    #[error("Idempotency-Key was already used for a different message")]
+    KeyReused,
     #[error("Service temporarily unavailable")]
     Unavailable(String),
 }
@@ -42,6 +44,7 @@ impl IntoResponse for ChatError {
             Self::Validation(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RecipientNotFound => StatusCode::NOT_FOUND,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(reason) => {
                 tracing::warn!(%reason, "dependency unavailable");
                 StatusCode::SERVICE_UNAVAILABLE

@@ -1,9 +1,10 @@
-use std::{sync::Arc, time::Instant};
-
-use axum::{extract::State, http::StatusCode, response::Response};
+use axum::{
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
 use bson::oid::ObjectId;
 use chat_common::{
-    event::Event,
     http::{Json, Query, readiness},
     jwt::AuthUser,
     time::now_millis,
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::{
     AppState, ChatError,
-    store::{Message, Page},
+    store::{Inserted, Message, Page},
 };
 
 /// `POST /chat/send`. `sender` is optional: the sender is the token's user.
@@ -24,14 +25,53 @@ pub struct SendBody {
     content: String,
 }
 
+/// Longest `Idempotency-Key` accepted (a UUID is 36 characters).
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The optional `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ChatError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let valid = value.to_str().ok().filter(|k| {
+        (1..=MAX_IDEMPOTENCY_KEY).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
+    });
+    match valid {
+        Some(key) => Ok(Some(key.to_owned())),
+        None => Err(ChatError::Validation(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))),
+    }
+}
+
+fn sent(status: StatusCode, message: &Message) -> Response {
+    let body = json!({ "message": "Message sent successfully", "data": message.view() });
+    (status, Json(body)).into_response()
+}
+
+/// A retried send: the message its key first stored (200, marked `Idempotent-Replayed`), if the
+/// retry asks for the same message; a key reused for another message is a client bug (422).
+fn replay(original: &Message, recipient: &str, content: &str) -> Result<Response, ChatError> {
+    if original.recipient != recipient || original.content != content {
+        return Err(ChatError::KeyReused);
+    }
+    let mut response = sent(StatusCode::OK, original);
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(response)
+}
+
 pub async fn send(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    headers: HeaderMap,
     Json(body): Json<SendBody>,
-) -> Result<(StatusCode, Json<Value>), ChatError> {
+) -> Result<Response, ChatError> {
     if body.sender.as_deref().is_some_and(|s| s != user.username) {
         return Err(ChatError::Forbidden("sender must be the signed-in user"));
     }
+    let key = idempotency_key(&headers)?;
     let recipient = body.recipient.trim();
     if recipient.is_empty() {
         return Err(ChatError::Validation("Recipient is required".into()));
@@ -47,6 +87,11 @@ pub async fn send(
             state.max_message_chars
         )));
     }
+    if let Some(key) = &key
+        && let Some(original) = state.store.by_idempotency_key(&user.username, key).await?
+    {
+        return replay(&original, recipient, &body.content);
+    }
     if recipient != user.username && state.directory.id_of(recipient).await?.is_none() {
         return Err(ChatError::RecipientNotFound);
     }
@@ -56,30 +101,28 @@ pub async fn send(
         recipient: recipient.to_owned(),
         content: body.content,
         timestamp_ms: now_millis(),
+        idempotency_key: key,
     };
-    state.writer.write(&message).await?;
-    state.metrics.messages.inc();
-    // The message is safe in the database: from here on the send succeeds whatever the broker does.
-    let event = Event::new_message(message.view());
-    let payload: Arc<[u8]> = event.to_bytes().into();
-    let started = Instant::now();
-    match state.publisher.publish(payload).await {
-        Ok(()) => {
-            state
-                .metrics
-                .publish_seconds
-                .observe(started.elapsed().as_secs_f64());
-            state.metrics.published.with_label_values(&["ok"]).inc();
-        }
-        Err(e) => {
-            state.metrics.published.with_label_values(&["failed"]).inc();
-            tracing::warn!(error = %e, message_id = %event.data.id, "event not published; the message is stored");
+    match state.writer.write(&message).await? {
+        Inserted::Stored => {}
+        Inserted::DuplicateKey => {
+            // The same key raced in from another request, which stored first.
+            let key = message.idempotency_key.as_deref().unwrap_or_default();
+            let original = state
+                .store
+                .by_idempotency_key(&message.sender, key)
+                .await?
+                .ok_or_else(|| {
+                    ChatError::Unavailable("idempotency key without its message".into())
+                })?;
+            return replay(&original, &message.recipient, &message.content);
         }
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "message": "Message sent successfully", "data": event.data })),
-    ))
+    state.metrics.messages.inc();
+    // The message is stored, marked unpublished: from here on the send succeeds whatever the
+    // broker does, and the outbox publishes it until the broker confirms.
+    let _ = state.outbox.publish(&message).await;
+    Ok(sent(StatusCode::CREATED, &message))
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +136,16 @@ pub struct HistoryQuery {
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 200;
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ChatError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ChatError::Validation(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(limit)
+}
 
 fn parse_id(name: &str, value: &str) -> Result<ObjectId, ChatError> {
     ObjectId::parse_str(value)
@@ -116,12 +169,7 @@ pub async fn history(
             "Only the participants may read this conversation",
         ));
     }
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ChatError::Validation(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = page_limit(q.limit)?;
     let page = match (q.before.as_deref(), q.after.as_deref()) {
         (Some(_), Some(_)) => {
             return Err(ChatError::Validation(
@@ -143,8 +191,32 @@ pub async fn history(
     Ok(Json(json!({ "data": data })))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct MessagesQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /chat/messages[?after=<_id>][&limit=]`: the caller's messages in every conversation,
+/// sent and received, oldest first, newer than `after` (a client's catch-up after a reconnect).
+pub async fn messages(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<MessagesQuery>,
+) -> Result<Json<Value>, ChatError> {
+    let limit = page_limit(q.limit)?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| parse_id("after", a))
+        .transpose()?;
+    let messages = state.store.for_user(&user.username, after, limit).await?;
+    let data: Vec<_> = messages.iter().map(Message::view).collect();
+    Ok(Json(json!({ "data": data })))
+}
+
 /// `GET /readyz`: the store answers and the broker is connected.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await.map_err(|e| e.to_string());
-    readiness(&[("store", store), ("broker", state.publisher.ready())])
+    readiness(&[("store", store), ("broker", state.outbox.ready())])
 }

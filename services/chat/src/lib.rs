@@ -3,6 +3,7 @@
 //! to the conversation's participants, pagination, and publisher confirms.
 
 pub mod error;
+pub mod outbox;
 pub mod publisher;
 pub mod store;
 pub mod writer;
@@ -16,7 +17,7 @@ use axum::{Router, extract::FromRef, routing::get, routing::post};
 use chat_common::{
     auth_client::{DirectoryConfig, UserDirectory},
     bus::LocalBus,
-    config::{CommonConfig, ConfigError, SecretUrl, Source, Vars},
+    config::{CommonConfig, ConfigError, Durability, SecretUrl, Source, Vars},
     http::Limits,
     jwt::{JwtSettings, TokenVerifier},
     metrics::{self, HttpMetrics},
@@ -24,6 +25,7 @@ use chat_common::{
 use tokio::net::TcpListener;
 
 pub use error::ChatError;
+use outbox::Outbox;
 use publisher::{EventPublisher, LocalPublisher};
 use store::{EmbeddedMessageStore, MessageStore};
 use writer::MessageWriter;
@@ -60,6 +62,12 @@ pub struct Config {
     pub write_batch: usize,
     /// `WRITE_CONCURRENCY` (default 4): batches written at once.
     pub write_concurrency: usize,
+    /// `WRITE_CONCERN` and `WRITE_JOURNAL`: when MongoDB acknowledges a write (default: a
+    /// majority, journaled).
+    pub durability: Durability,
+    /// `OUTBOX_INTERVAL` (default 10 s): how often the outbox looks for events left unpublished
+    /// by a replica that died (see [`outbox`]).
+    pub outbox_interval: Duration,
 }
 
 impl Config {
@@ -94,6 +102,9 @@ impl Config {
             db_timeout: vars.nonzero_duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
             write_batch: vars.positive_or("WRITE_BATCH", 256)?,
             write_concurrency: vars.positive_or("WRITE_CONCURRENCY", 4)?,
+            durability: vars.durability()?,
+            outbox_interval: vars
+                .nonzero_duration_or("OUTBOX_INTERVAL", Duration::from_secs(10))?,
             common,
         })
     }
@@ -157,6 +168,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MessageStore>
                 name,
                 "chat-service",
                 config.db_timeout,
+                config.durability,
             )
             .await?,
         );
@@ -176,15 +188,42 @@ pub struct ChatMetrics {
     pub messages: prometheus::IntCounter,
     pub published: prometheus::IntCounterVec,
     pub publish_seconds: prometheus::Histogram,
+    pub republished: prometheus::IntCounter,
+}
+
+impl ChatMetrics {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            messages: prometheus::IntCounter::new(
+                "chat_messages_stored_total",
+                "Messages stored (each acknowledged with 201).",
+            )?,
+            published: metrics::counter_vec(
+                "chat_events_published_total",
+                "new_message events by publish result (ok: confirmed by the broker).",
+                &["result"],
+            ),
+            publish_seconds: metrics::histogram(
+                "chat_publish_confirm_seconds",
+                "Time from publish to broker confirm.",
+                metrics::LATENCY_BUCKETS,
+            ),
+            republished: prometheus::IntCounter::new(
+                "chat_events_republished_total",
+                "Events published again by the outbox sweeper (left unconfirmed by their send).",
+            )?,
+        })
+    }
 }
 
 #[derive(Clone)]
 pub struct AppState {
-    /// Reads: history pages and readiness.
+    /// Reads: history pages, catch-up, idempotent replays and readiness.
     pub store: Arc<dyn MessageStore>,
     /// Writes: every send, batched (group commit).
     pub writer: MessageWriter,
-    pub publisher: Arc<dyn EventPublisher>,
+    /// Events: published at once, and again until confirmed.
+    pub outbox: Outbox,
     pub directory: UserDirectory,
     pub verifier: Arc<TokenVerifier>,
     pub max_message_chars: usize,
@@ -206,25 +245,11 @@ impl AppState {
         publisher: Arc<dyn EventPublisher>,
     ) -> anyhow::Result<Self> {
         let http_metrics = HttpMetrics::new("chat");
-        let metrics = ChatMetrics {
-            messages: prometheus::IntCounter::new(
-                "chat_messages_stored_total",
-                "Messages stored (each acknowledged with 201).",
-            )?,
-            published: metrics::counter_vec(
-                "chat_events_published_total",
-                "new_message events by publish result (ok: confirmed by the broker).",
-                &["result"],
-            ),
-            publish_seconds: metrics::histogram(
-                "chat_publish_confirm_seconds",
-                "Time from publish to broker confirm.",
-                metrics::LATENCY_BUCKETS,
-            ),
-        };
+        let metrics = ChatMetrics::new()?;
         http_metrics.register(metrics.messages.clone());
         http_metrics.register(metrics.published.clone());
         http_metrics.register(metrics.publish_seconds.clone());
+        http_metrics.register(metrics.republished.clone());
         let directory = UserDirectory::for_service(
             "chat-service",
             "chat",
@@ -234,9 +259,20 @@ impl AppState {
             &http_metrics,
         )?;
         Ok(Self {
-            writer: MessageWriter::start(&store, config.write_concurrency, config.write_batch),
+            writer: MessageWriter::start(
+                &store,
+                config.write_concurrency,
+                config.write_batch,
+                Outbox::lease(config.publish_timeout),
+            ),
+            outbox: Outbox::start(
+                store.clone(),
+                publisher,
+                metrics.clone(),
+                config.publish_timeout,
+                config.outbox_interval,
+            ),
             store,
-            publisher,
             directory,
             verifier: Arc::new(config.jwt.verifier()),
             max_message_chars: config.max_message_chars,
@@ -253,6 +289,7 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/chat/send", post(handlers::send))
         .route("/chat/history", get(handlers::history))
+        .route("/chat/messages", get(handlers::messages))
         .route("/readyz", get(handlers::readyz))
         .with_state(state);
     chat_common::http::finish_router(routes, &metrics, limits)

@@ -183,3 +183,137 @@ async fn bad_sends_and_reads_get_a_clear_4xx() {
         assert!(answer["message"].is_string(), "{query} -> {answer}");
     }
 }
+
+impl Services {
+    async fn send_keyed(&self, token: &str, key: &str, body: &Value) -> (u16, Value, bool) {
+        let response = self
+            .http
+            .post(format!("http://{}/chat/send", self.chat))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let replayed = response.headers().get("idempotent-replayed").is_some();
+        (
+            status,
+            response.json().await.unwrap_or(Value::Null),
+            replayed,
+        )
+    }
+
+    async fn messages(&self, token: &str, query: &str) -> (u16, Value) {
+        let url = format!("http://{}/chat/messages?{query}", self.chat);
+        self.call(self.http.get(url).bearer_auth(token)).await
+    }
+}
+
+#[tokio::test]
+async fn a_retried_send_with_its_idempotency_key_is_stored_once() {
+    let services = start().await;
+    let alice = services.user("alice").await;
+    let bob = services.user("bob").await;
+    let body = json!({"recipient": "bob", "content": "exactly once"});
+
+    let (status, first, replayed) = services.send_keyed(&alice, "key-1", &body).await;
+    assert_eq!((status, replayed), (201, false), "{first}");
+    let (status, again, replayed) = services.send_keyed(&alice, "key-1", &body).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(
+        again["data"], first["data"],
+        "the original message, same _id"
+    );
+
+    // Retries racing each other: one message, every answer names it.
+    let racing: Vec<_> = (0..8)
+        .map(|_| services.send_keyed(&alice, "key-2", &body))
+        .collect();
+    let answers = futures_util::future::join_all(racing).await;
+    let ids: std::collections::BTreeSet<_> = answers
+        .iter()
+        .map(|(status, answer, _)| {
+            assert!(matches!(status, 200 | 201), "{status} {answer}");
+            answer["data"]["_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|(s, _, _)| *s == 201).count(), 1);
+
+    // The same key for another message is a client bug; another sender's key is their own.
+    let other = json!({"recipient": "bob", "content": "something else"});
+    let (status, answer, _) = services.send_keyed(&alice, "key-1", &other).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key")
+    );
+    let (status, answer, _) = services
+        .send_keyed(
+            &bob,
+            "key-1",
+            &json!({"recipient": "alice", "content": "mine"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    for bad in ["", &"k".repeat(256), "two words"] {
+        let (status, answer, _) = services.send_keyed(&alice, bad, &body).await;
+        assert_eq!(status, 400, "{bad:?}: {answer}");
+    }
+
+    let (_, page) = services.history(&bob, "user1=alice&user2=bob").await;
+    let stored: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored, ["exactly once", "exactly once", "mine"]);
+}
+
+#[tokio::test]
+async fn a_users_messages_in_every_conversation_come_back_oldest_first() {
+    let services = start().await;
+    let alice = services.user("alice").await;
+    let bob = services.user("bob").await;
+    let carol = services.user("carol").await;
+    let mut ids = Vec::new();
+    for (token, to, content) in [
+        (&alice, "bob", "a->b"),
+        (&carol, "bob", "c->b"),
+        (&bob, "alice", "b->a"),
+        (&alice, "carol", "a->c (not bob's)"),
+        (&bob, "bob", "note to self"),
+    ] {
+        let (status, sent) = services
+            .send(Some(token), &json!({"recipient": to, "content": content}))
+            .await;
+        assert_eq!(status, 201, "{sent}");
+        ids.push(sent["data"]["_id"].as_str().unwrap().to_owned());
+    }
+    let contents = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, page) = services.messages(&bob, "").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(contents(&page), ["a->b", "c->b", "b->a", "note to self"]);
+    let (_, page) = services.messages(&bob, &format!("after={}", ids[1])).await;
+    assert_eq!(contents(&page), ["b->a", "note to self"]);
+    let (_, page) = services.messages(&bob, "limit=2").await;
+    assert_eq!(contents(&page), ["a->b", "c->b"]);
+    for (query, status) in [("after=zz", 400), ("limit=0", 400), ("limit=201", 400)] {
+        let (got, answer) = services.messages(&bob, query).await;
+        assert_eq!(got, status, "{query} -> {answer}");
+        assert!(answer["message"].is_string());
+    }
+    let url = format!("http://{}/chat/messages", services.chat);
+    assert_eq!(services.call(services.http.get(url)).await.0, 401);
+}

@@ -246,6 +246,58 @@ impl<S: Source> Vars<S> {
     pub fn dev_mode(&self) -> Result<bool, ConfigError> {
         self.flag("CHAT_DEV_MODE")
     }
+
+    /// `WRITE_CONCERN` (`majority`, the default, or a number of members, at least 1: an
+    /// unacknowledged write could lose what a client was told is stored) and `WRITE_JOURNAL`
+    /// (default `true`: acknowledged once in the on-disk journal).
+    pub fn durability(&self) -> Result<Durability, ConfigError> {
+        let acknowledgment = match self.string("WRITE_CONCERN") {
+            None => Acknowledgment::Majority,
+            Some(v) if v.eq_ignore_ascii_case("majority") => Acknowledgment::Majority,
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if n >= 1 => Acknowledgment::Members(n),
+                _ => {
+                    return Err(ConfigError::malformed(
+                        "WRITE_CONCERN",
+                        v,
+                        "expected majority or a number of members (at least 1)",
+                    ));
+                }
+            },
+        };
+        let journal = match self.string("WRITE_JOURNAL") {
+            None => true,
+            Some(_) => self.flag("WRITE_JOURNAL")?,
+        };
+        Ok(Durability {
+            acknowledgment,
+            journal,
+        })
+    }
+}
+
+/// When MongoDB acknowledges a write: the write concern of every write the services make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    pub acknowledgment: Acknowledgment,
+    pub journal: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acknowledgment {
+    /// A majority of the replica set's data-bearing members (a standalone server counts as one).
+    Majority,
+    /// This many members.
+    Members(u32),
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Self {
+            acknowledgment: Acknowledgment::Majority,
+            journal: true,
+        }
+    }
 }
 
 /// What every service reads alike, with its defaults written once: where it listens, the

@@ -7,10 +7,13 @@ use std::{future::Future, future::IntoFuture, time::Duration};
 use mongodb::{
     Client, Database,
     error::{ErrorKind, WriteFailure},
-    options::ClientOptions,
+    options::{ClientOptions, WriteConcern},
 };
 
-use crate::backoff::Backoff;
+use crate::{
+    backoff::Backoff,
+    config::{Acknowledgment, Durability},
+};
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -28,11 +31,13 @@ pub use crate::config::check_database_name;
 
 /// Opens (lazily: the driver connects on first use) the database `name` if given, else the one
 /// named in `url`'s path. `example` shows the expected form in the error when neither names one.
+/// Every write waits for `durability` (bounded by `op_timeout`), whatever the URL says.
 pub async fn connect(
     url: &str,
     name: Option<&str>,
     app_name: &str,
     op_timeout: Duration,
+    durability: Durability,
     example: &str,
 ) -> anyhow::Result<Database> {
     let mut options = ClientOptions::parse(url)
@@ -53,6 +58,16 @@ pub async fn connect(
     options.app_name = Some(app_name.to_owned());
     options.server_selection_timeout.get_or_insert(op_timeout);
     options.connect_timeout.get_or_insert(op_timeout);
+    options.write_concern = Some(
+        WriteConcern::builder()
+            .w(match durability.acknowledgment {
+                Acknowledgment::Majority => mongodb::options::Acknowledgment::Majority,
+                Acknowledgment::Members(n) => mongodb::options::Acknowledgment::Nodes(n),
+            })
+            .journal(durability.journal)
+            .w_timeout(op_timeout)
+            .build(),
+    );
     Ok(Client::with_options(options)?.database(&name))
 }
 
@@ -68,6 +83,21 @@ pub async fn timed<T>(
         Err(_) => Err(CallError::Unavailable(format!(
             "no answer within {limit:?}"
         ))),
+    }
+}
+
+/// For an unordered `insert_many` refused in part by a unique index (and by nothing else): the
+/// positions of the refused documents. The others were written with the requested durability.
+pub fn refused_as_duplicates(e: &mongodb::error::Error) -> Option<Vec<usize>> {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
+            let errors = failure.write_errors.as_ref()?;
+            errors
+                .iter()
+                .all(|w| w.code == DUPLICATE_KEY)
+                .then(|| errors.iter().map(|w| w.index).collect())
+        }
+        _ => None,
     }
 }
 
@@ -120,23 +150,36 @@ mod tests {
     async fn the_name_overrides_the_urls_path() {
         // The driver connects lazily, so no server is needed to see which database is chosen.
         let named = "mongodb://127.0.0.1:9/fromurl";
-        let db = connect(named, None, "t", LIMIT, "e").await.unwrap();
+        let db = connect(named, None, "t", LIMIT, Durability::default(), "e")
+            .await
+            .unwrap();
         assert_eq!(db.name(), "fromurl");
-        let db = connect(named, Some("chat"), "t", LIMIT, "e").await.unwrap();
+        let db = connect(named, Some("chat"), "t", LIMIT, Durability::default(), "e")
+            .await
+            .unwrap();
         assert_eq!(db.name(), "chat");
         let bare = "mongodb://u:p@127.0.0.1:9,127.0.0.1:10/?replicaSet=rs0&authSource=admin";
-        let db = connect(bare, Some("auth"), "t", LIMIT, "e").await.unwrap();
+        let db = connect(bare, Some("auth"), "t", LIMIT, Durability::default(), "e")
+            .await
+            .unwrap();
         assert_eq!(db.name(), "auth");
 
-        let err = connect(bare, None, "t", LIMIT, "mongodb://db:27017/auth")
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = connect(
+            bare,
+            None,
+            "t",
+            LIMIT,
+            Durability::default(),
+            "mongodb://db:27017/auth",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             err,
             "DATABASE_URL must name the database, e.g. mongodb://db:27017/auth"
         );
-        let err = connect(bare, Some("a.b"), "t", LIMIT, "e")
+        let err = connect(bare, Some("a.b"), "t", LIMIT, Durability::default(), "e")
             .await
             .unwrap_err()
             .to_string();
@@ -147,9 +190,16 @@ mod tests {
     async fn a_url_without_a_database_serves_the_named_one() {
         let bare = testing::with_database(&testing::mongodb_url(), "");
         let name = testing::unique_name("dbname");
-        let db = connect(&bare, Some(&name), "mongo-test", LIMIT, "e")
-            .await
-            .unwrap();
+        let db = connect(
+            &bare,
+            Some(&name),
+            "mongo-test",
+            LIMIT,
+            Durability::default(),
+            "e",
+        )
+        .await
+        .unwrap();
         let probe = db.collection::<mongodb::bson::Document>("probe");
         timed(LIMIT, probe.insert_one(mongodb::bson::doc! { "k": 1 }))
             .await
@@ -157,9 +207,16 @@ mod tests {
 
         // Read back through the URL naming that database: the write landed there.
         let named = testing::with_database(&bare, &name);
-        let db = connect(&named, None, "mongo-test", LIMIT, "e")
-            .await
-            .unwrap();
+        let db = connect(
+            &named,
+            None,
+            "mongo-test",
+            LIMIT,
+            Durability::default(),
+            "e",
+        )
+        .await
+        .unwrap();
         let found = timed(
             LIMIT,
             db.collection::<mongodb::bson::Document>("probe")

@@ -139,7 +139,8 @@ async fn an_event_reaches_the_recipients_socket_and_no_one_elses() {
     let sent = event("alice", "bob", "hello bob");
     services
         .bus
-        .publish(serde_json::to_vec(&sent).unwrap().into());
+        .publish(serde_json::to_vec(&sent).unwrap().into())
+        .await;
     let frame = next_json(&mut bob_socket).await;
     // The original's frame: the message's fields and its type, side by side.
     let mut expected = sent["data"].clone();

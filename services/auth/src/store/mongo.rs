@@ -8,7 +8,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use chat_common::mongo;
+use chat_common::{config::Durability, mongo};
 use mongodb::{
     Collection, Database, IndexModel,
     bson::{doc, oid::ObjectId},
@@ -52,8 +52,17 @@ impl MongoUserStore {
         name: Option<&str>,
         app_name: &str,
         op_timeout: Duration,
+        durability: Durability,
     ) -> anyhow::Result<Self> {
-        let db = mongo::connect(url, name, app_name, op_timeout, "mongodb://db:27017/auth").await?;
+        let db = mongo::connect(
+            url,
+            name,
+            app_name,
+            op_timeout,
+            durability,
+            "mongodb://db:27017/auth",
+        )
+        .await?;
         Ok(Self {
             users: db.collection("users"),
             db,

@@ -38,13 +38,13 @@ pub trait EventPublisher: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
 }
 
-/// The standalone stack's publisher: the in-process broadcast.
+/// The standalone stack's publisher: the in-process bus (it waits for room, never drops).
 pub struct LocalPublisher(pub LocalBus);
 
 #[async_trait]
 impl EventPublisher for LocalPublisher {
     async fn publish(&self, payload: Payload) -> Result<(), PublishError> {
-        self.0.publish(payload);
+        self.0.publish(payload).await;
         Ok(())
     }
 

@@ -1,17 +1,29 @@
-//! Embedded, persistent message store (a `redb` file) for the standalone stack. Messages are
-//! keyed by (conversation, ObjectId bytes), so a page is one range read.
+//! Embedded, persistent message store (a `redb` file) for the standalone stack and development
+//! mode. Messages are keyed by (conversation, ObjectId bytes), so a page is one range read; a
+//! second table keys each message by (user, id) for both its sender and its recipient, so a
+//! user's catch-up is one range read too. The outbox holds the ids of unpublished messages with
+//! their lease (a handful, read whole by a sweep); idempotency keys map to their message.
+//! Every write is one transaction.
 
 use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 use bson::oid::ObjectId;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Message, MessageStore, Page, StoreError};
+use super::{Claimed, Inserted, Message, MessageStore, Page, StoreError};
 
 /// (conversation key, 12 ObjectId bytes) -> JSON body
 const MESSAGES: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("messages");
+/// (user, 12 ObjectId bytes) -> the other participant; one row for the sender, one for the
+/// recipient (a single row when they are the same user).
+const BY_USER: TableDefinition<(&str, &[u8]), &str> = TableDefinition::new("by_user");
+/// 12 ObjectId bytes -> (lease in ms since the epoch, conversation key) of a message whose
+/// event is unconfirmed.
+const OUTBOX: TableDefinition<&[u8], (i64, &str)> = TableDefinition::new("outbox");
+/// (sender, idempotency key) -> 12 ObjectId bytes followed by the recipient.
+const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
 
 #[derive(Serialize, Deserialize)]
 struct Body {
@@ -19,6 +31,8 @@ struct Body {
     recipient: String,
     content: String,
     timestamp_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
 }
 
 /// Both directions of a conversation share one key: the two names, ordered, joined by NUL.
@@ -34,6 +48,33 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+fn decode(id: &[u8], body: &[u8]) -> Result<Message, StoreError> {
+    let id: [u8; 12] = id.try_into().map_err(unavailable)?;
+    let body: Body = serde_json::from_slice(body).map_err(unavailable)?;
+    Ok(Message {
+        id: ObjectId::from_bytes(id),
+        sender: body.sender,
+        recipient: body.recipient,
+        content: body.content,
+        timestamp_ms: body.timestamp_ms,
+        idempotency_key: body.idempotency_key,
+    })
+}
+
+/// The message `id` between `a` and `b`, read within `table`'s transaction.
+fn read_message(
+    table: &impl ReadableTable<(&'static str, &'static [u8]), &'static [u8]>,
+    a: &str,
+    b: &str,
+    id: &[u8],
+) -> Result<Option<Message>, StoreError> {
+    let key = conversation_key(a, b);
+    match table.get((key.as_str(), id)).map_err(unavailable)? {
+        Some(body) => decode(id, body.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
 #[derive(Clone)]
 pub struct EmbeddedMessageStore {
     db: Arc<Database>,
@@ -47,16 +88,44 @@ impl EmbeddedMessageStore {
         let db = Database::create(path)
             .map_err(|e| anyhow::anyhow!("cannot open message store {}: {e}", path.display()))?;
         let txn = db.begin_write()?;
-        txn.open_table(MESSAGES)?;
+        {
+            let messages = txn.open_table(MESSAGES)?;
+            let mut by_user = txn.open_table(BY_USER)?;
+            txn.open_table(OUTBOX)?;
+            txn.open_table(IDEMPOTENCY)?;
+            // A file written before the per-user table existed: index what it holds, once.
+            if by_user.is_empty()? && !messages.is_empty()? {
+                for entry in messages.iter()? {
+                    let (key, body) = entry?;
+                    let (_, id) = key.value();
+                    let m = decode(id, body.value())?;
+                    by_user.insert((m.sender.as_str(), id), m.recipient.as_str())?;
+                    by_user.insert((m.recipient.as_str(), id), m.sender.as_str())?;
+                }
+            }
+        }
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(unavailable)?
     }
 }
 
 #[async_trait]
 impl MessageStore for EmbeddedMessageStore {
-    async fn insert_many(&self, messages: &[Message]) -> Result<(), StoreError> {
-        let db = self.db.clone();
+    async fn insert_many(
+        &self,
+        messages: &[Message],
+        lease_until_ms: i64,
+    ) -> Result<Vec<Inserted>, StoreError> {
         let rows = messages
             .iter()
             .map(|m| {
@@ -65,41 +134,87 @@ impl MessageStore for EmbeddedMessageStore {
                     recipient: m.recipient.clone(),
                     content: m.content.clone(),
                     timestamp_ms: m.timestamp_ms,
+                    idempotency_key: m.idempotency_key.clone(),
                 })?;
-                Ok((
-                    conversation_key(&m.sender, &m.recipient),
-                    m.id.bytes(),
-                    body,
-                ))
+                Ok((m.clone(), body))
             })
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .map_err(unavailable)?;
-        tokio::task::spawn_blocking(move || {
+        self.blocking(move |db| {
             let txn = db.begin_write().map_err(unavailable)?;
+            let mut outcomes = Vec::with_capacity(rows.len());
             {
                 let mut table = txn.open_table(MESSAGES).map_err(unavailable)?;
-                for (key, id, body) in &rows {
+                let mut by_user = txn.open_table(BY_USER).map_err(unavailable)?;
+                let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+                let mut keys = txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+                for (m, body) in &rows {
+                    let id = m.id.bytes();
+                    if let Some(key) = &m.idempotency_key {
+                        let slot = (m.sender.as_str(), key.as_str());
+                        if keys.get(slot).map_err(unavailable)?.is_some() {
+                            outcomes.push(Inserted::DuplicateKey);
+                            continue;
+                        }
+                        let mut value = id.to_vec();
+                        value.extend_from_slice(m.recipient.as_bytes());
+                        keys.insert(slot, value.as_slice()).map_err(unavailable)?;
+                    }
+                    let key = conversation_key(&m.sender, &m.recipient);
                     table
                         .insert((key.as_str(), &id[..]), body.as_slice())
                         .map_err(unavailable)?;
+                    by_user
+                        .insert((m.sender.as_str(), &id[..]), m.recipient.as_str())
+                        .map_err(unavailable)?;
+                    by_user
+                        .insert((m.recipient.as_str(), &id[..]), m.sender.as_str())
+                        .map_err(unavailable)?;
+                    outbox
+                        .insert(&id[..], (lease_until_ms, key.as_str()))
+                        .map_err(unavailable)?;
+                    outcomes.push(Inserted::Stored);
                 }
             }
-            txn.commit().map_err(unavailable)
+            txn.commit().map_err(unavailable)?;
+            Ok(outcomes)
         })
         .await
-        .map_err(unavailable)?
+    }
+
+    async fn by_idempotency_key(
+        &self,
+        sender: &str,
+        key: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        let (sender, key) = (sender.to_owned(), key.to_owned());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let keys = txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+            let Some(value) = keys
+                .get((sender.as_str(), key.as_str()))
+                .map_err(unavailable)?
+            else {
+                return Ok(None);
+            };
+            let value = value.value();
+            let (id, recipient) = value.split_at(12.min(value.len()));
+            let recipient = std::str::from_utf8(recipient).map_err(unavailable)?;
+            let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+            read_message(&table, &sender, recipient, id)
+        })
+        .await
     }
 
     async fn conversation(&self, a: &str, b: &str, page: Page) -> Result<Vec<Message>, StoreError> {
-        let db = self.db.clone();
         let key = conversation_key(a, b);
-        tokio::task::spawn_blocking(move || {
+        self.blocking(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(MESSAGES).map_err(unavailable)?;
             let lo: &[u8] = &[];
             let hi: &[u8] = &[0xff; 13];
             let k = key.as_str();
-            let decode = |entry: Result<
+            let entry = |entry: Result<
                 (
                     redb::AccessGuard<'_, (&str, &[u8])>,
                     redb::AccessGuard<'_, &[u8]>,
@@ -108,15 +223,7 @@ impl MessageStore for EmbeddedMessageStore {
             >|
              -> Result<Message, StoreError> {
                 let (key, value) = entry.map_err(unavailable)?;
-                let id_bytes: [u8; 12] = key.value().1.try_into().map_err(unavailable)?;
-                let body: Body = serde_json::from_slice(value.value()).map_err(unavailable)?;
-                Ok(Message {
-                    id: ObjectId::from_bytes(id_bytes),
-                    sender: body.sender,
-                    recipient: body.recipient,
-                    content: body.content,
-                    timestamp_ms: body.timestamp_ms,
-                })
+                decode(key.value().1, value.value())
             };
             let mut out: Vec<Message> = match page {
                 Page::Latest { limit } => table
@@ -124,7 +231,7 @@ impl MessageStore for EmbeddedMessageStore {
                     .map_err(unavailable)?
                     .rev()
                     .take(limit)
-                    .map(decode)
+                    .map(entry)
                     .collect::<Result<_, _>>()?,
                 Page::Before { id, limit } => {
                     let bytes = id.bytes();
@@ -133,7 +240,7 @@ impl MessageStore for EmbeddedMessageStore {
                         .map_err(unavailable)?
                         .rev()
                         .take(limit)
-                        .map(decode)
+                        .map(entry)
                         .collect::<Result<_, _>>()?
                 }
                 Page::After { id, limit } => {
@@ -145,7 +252,7 @@ impl MessageStore for EmbeddedMessageStore {
                         ))
                         .map_err(unavailable)?
                         .take(limit)
-                        .map(decode)
+                        .map(entry)
                         .collect::<Result<_, _>>()?
                 }
             };
@@ -155,7 +262,103 @@ impl MessageStore for EmbeddedMessageStore {
             Ok(out)
         })
         .await
-        .map_err(unavailable)?
+    }
+
+    async fn for_user(
+        &self,
+        user: &str,
+        after: Option<ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let user = user.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let by_user = txn.open_table(BY_USER).map_err(unavailable)?;
+            let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let u = user.as_str();
+            let hi: &[u8] = &[0xff; 13];
+            let from = after.map(|id| id.bytes());
+            let lower = match &from {
+                Some(bytes) => std::ops::Bound::Excluded((u, &bytes[..])),
+                None => std::ops::Bound::Included((u, &[][..])),
+            };
+            let mut out = Vec::new();
+            for entry in by_user
+                .range::<(&str, &[u8])>((lower, std::ops::Bound::Excluded((u, hi))))
+                .map_err(unavailable)?
+                .take(limit)
+            {
+                let (key, peer) = entry.map_err(unavailable)?;
+                if let Some(m) = read_message(&table, u, peer.value(), key.value().1)? {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn mark_published(&self, ids: &[ObjectId]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<[u8; 12]> = ids.iter().map(ObjectId::bytes).collect();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+                for id in &ids {
+                    outbox.remove(&id[..]).map_err(unavailable)?;
+                }
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn claim_unpublished(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Claimed, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let mut claimed = Claimed::default();
+            {
+                let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+                let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+                // Ids in id order: oldest first.
+                let mut due: Vec<(Vec<u8>, String)> = Vec::new();
+                for entry in outbox.iter().map_err(unavailable)? {
+                    let (id, value) = entry.map_err(unavailable)?;
+                    let (lease, conversation) = value.value();
+                    if lease > now_ms {
+                        claimed.next_due_ms =
+                            Some(claimed.next_due_ms.map_or(lease, |d: i64| d.min(lease)));
+                    } else if due.len() < limit {
+                        due.push((id.value().to_vec(), conversation.to_owned()));
+                    }
+                }
+                for (id, conversation) in due {
+                    outbox
+                        .insert(id.as_slice(), (lease_until_ms, conversation.as_str()))
+                        .map_err(unavailable)?;
+                    let body = table
+                        .get((conversation.as_str(), id.as_slice()))
+                        .map_err(unavailable)?;
+                    if let Some(body) = body {
+                        claimed.messages.push(decode(&id, body.value())?);
+                    } else {
+                        // Nothing to publish (cannot happen: both written in one transaction).
+                        outbox.remove(id.as_slice()).map_err(unavailable)?;
+                    }
+                }
+            }
+            txn.commit().map_err(unavailable)?;
+            Ok(claimed)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

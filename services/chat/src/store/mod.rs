@@ -1,4 +1,12 @@
 //! Where messages live: MongoDB (the original's `messages` collection) or an embedded file.
+//!
+//! Besides the messages, a store keeps two things per message that make sends safe to retry
+//! and events safe from loss:
+//! - the **outbox marker**: every message is written "not yet published", with the time after
+//!   which a republisher may take it (a lease). The marker is cleared once the broker has
+//!   confirmed the event ([`MessageStore::mark_published`]); what keeps it past its lease is
+//!   claimed and republished ([`MessageStore::claim_unpublished`], see [`crate::outbox`]).
+//! - the **idempotency key** of the send, if it had one, unique per sender.
 
 mod embedded;
 #[cfg(feature = "mongo")]
@@ -20,6 +28,8 @@ pub struct Message {
     pub recipient: String,
     pub content: String,
     pub timestamp_ms: i64,
+    /// The send's `Idempotency-Key`, if it had one (unique per sender).
+    pub idempotency_key: Option<String>,
 }
 
 impl Message {
@@ -45,6 +55,23 @@ pub enum Page {
     After { id: ObjectId, limit: usize },
 }
 
+/// What became of one message of an [`MessageStore::insert_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Stored,
+    /// Not stored: its sender already has a message with its idempotency key.
+    DuplicateKey,
+}
+
+/// Messages claimed for republishing, and when to look again.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Unpublished messages whose lease had run out, now leased to the caller, oldest first.
+    pub messages: Vec<Message>,
+    /// The earliest lease among the unpublished messages left (still held by someone), if any.
+    pub next_due_ms: Option<i64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("message store unavailable: {0}")]
@@ -53,12 +80,47 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
-    /// Stores several messages in one write; returns once it is acknowledged. Sends go through
-    /// [`crate::writer::MessageWriter`], which batches them into these writes.
-    async fn insert_many(&self, messages: &[Message]) -> Result<(), StoreError>;
+    /// Stores several messages in one write, each unpublished with a lease until `lease_until_ms`
+    /// (the sender's own publish attempt); returns once the write is acknowledged, with one
+    /// outcome per message. Sends go through [`crate::writer::MessageWriter`], which batches
+    /// them into these writes.
+    async fn insert_many(
+        &self,
+        messages: &[Message],
+        lease_until_ms: i64,
+    ) -> Result<Vec<Inserted>, StoreError>;
+
+    /// The message `sender` stored with idempotency key `key`.
+    async fn by_idempotency_key(
+        &self,
+        sender: &str,
+        key: &str,
+    ) -> Result<Option<Message>, StoreError>;
 
     /// Messages between `a` and `b` in both directions, oldest first.
     async fn conversation(&self, a: &str, b: &str, page: Page) -> Result<Vec<Message>, StoreError>;
+
+    /// The oldest `limit` messages to or from `user` (every conversation) newer than `after`
+    /// (from the first when `None`), oldest first: a client's catch-up after a reconnect.
+    async fn for_user(
+        &self,
+        user: &str,
+        after: Option<ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Clears the outbox marker of messages whose event the broker confirmed.
+    async fn mark_published(&self, ids: &[ObjectId]) -> Result<(), StoreError>;
+
+    /// Leases to the caller, until `lease_until_ms`, at most `limit` unpublished messages whose
+    /// lease ran out by `now_ms`, oldest first. A message is claimed by one caller only: the
+    /// lease is taken with a conditional update, so replicas sweeping together share the work.
+    async fn claim_unpublished(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Claimed, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -8,6 +8,13 @@
 //! scan of the index `{sender: 1, recipient: 1, _id: 1}` that stops after `n` keys, whatever the
 //! conversation's length; the two runs are merged and cut to the page in [`merge_page`].
 //!
+//! A user's catch-up ([`MessageStore::for_user`]) is likewise two bounded scans sent together,
+//! on `{recipient: 1, _id: 1}` and `{sender: 1, _id: 1}`, merged. The outbox marker is the field
+//! `outbox` (a date: the lease), present only while the event is unconfirmed and indexed by a
+//! partial index that holds only those, so a sweep reads the few unpublished messages, never
+//! the collection; the idempotency key is `idempotencyKey`, unique per sender through a partial
+//! unique index (messages without a key are not in it).
+//!
 //! The MongoDB-compatible server the tests use (secantusdb) sorts the whole matching index
 //! range before it applies the limit, so there a page costs time in proportion to the
 //! conversation; the README gives both figures. No code here works around that: production
@@ -16,7 +23,7 @@
 use std::{future::IntoFuture, time::Duration};
 
 use async_trait::async_trait;
-use chat_common::mongo;
+use chat_common::{config::Durability, mongo};
 use mongodb::{
     Collection, Database, IndexModel,
     bson::{DateTime, Document, doc, oid::ObjectId},
@@ -24,7 +31,7 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Message, MessageStore, Page, StoreError};
+use super::{Claimed, Inserted, Message, MessageStore, Page, StoreError};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct MessageDoc {
@@ -34,6 +41,15 @@ struct MessageDoc {
     recipient: String,
     content: String,
     timestamp: DateTime,
+    /// Present while the event is not confirmed: when a republisher may take it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outbox: Option<DateTime>,
+    #[serde(
+        rename = "idempotencyKey",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    idempotency_key: Option<String>,
 }
 
 impl From<MessageDoc> for Message {
@@ -44,6 +60,7 @@ impl From<MessageDoc> for Message {
             recipient: d.recipient,
             content: d.content,
             timestamp_ms: d.timestamp.timestamp_millis(),
+            idempotency_key: d.idempotency_key,
         }
     }
 }
@@ -61,8 +78,17 @@ impl MongoMessageStore {
         name: Option<&str>,
         app_name: &str,
         op_timeout: Duration,
+        durability: Durability,
     ) -> anyhow::Result<Self> {
-        let db = mongo::connect(url, name, app_name, op_timeout, "mongodb://db:27017/chat").await?;
+        let db = mongo::connect(
+            url,
+            name,
+            app_name,
+            op_timeout,
+            durability,
+            "mongodb://db:27017/chat",
+        )
+        .await?;
         Ok(Self::with_database(db, op_timeout))
     }
 
@@ -76,17 +102,47 @@ impl MongoMessageStore {
         }
     }
 
-    /// Creates the conversation index (idempotent).
+    /// Another store on the same database, as a second replica has (tests of concurrent
+    /// replicas).
+    #[must_use]
+    pub fn same_database(&self) -> Self {
+        Self::with_database(self.db.clone(), self.op_timeout)
+    }
+
+    /// Creates the indexes (idempotent): the conversation's, each user's two directions (for
+    /// catch-up), the unique idempotency key per sender and the outbox's, both partial.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        let index = IndexModel::builder()
-            .keys(doc! { "sender": 1, "recipient": 1, "_id": 1 })
-            .options(
-                IndexOptions::builder()
-                    .name("conversation".to_owned())
-                    .build(),
-            )
-            .build();
-        self.timed(self.messages.create_index(index)).await?;
+        let index = |keys: Document, name: &str, partial: Option<Document>, unique: bool| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(
+                    IndexOptions::builder()
+                        .name(name.to_owned())
+                        .partial_filter_expression(partial)
+                        .unique(unique.then_some(true))
+                        .build(),
+                )
+                .build()
+        };
+        let exists = |field: &str| Some(doc! { field: { "$exists": true } });
+        let indexes = [
+            index(
+                doc! { "sender": 1, "recipient": 1, "_id": 1 },
+                "conversation",
+                None,
+                false,
+            ),
+            index(doc! { "recipient": 1, "_id": 1 }, "received", None, false),
+            index(doc! { "sender": 1, "_id": 1 }, "sent", None, false),
+            index(
+                doc! { "sender": 1, "idempotencyKey": 1 },
+                "idempotency",
+                exists("idempotencyKey"),
+                true,
+            ),
+            index(doc! { "outbox": 1 }, "outbox", exists("outbox"), false),
+        ];
+        self.timed(self.messages.create_indexes(indexes)).await?;
         Ok(())
     }
 
@@ -112,7 +168,13 @@ impl MongoMessageStore {
         to: &str,
         page: Page,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut filter = doc! { "sender": from, "recipient": to };
+        self.scan(doc! { "sender": from, "recipient": to }, page)
+            .await
+    }
+
+    /// The messages matching `filter` (equality on an index's prefix, `_id` its last key), nearest
+    /// the page's anchor first, at most the page size of them: one bounded index scan.
+    async fn scan(&self, mut filter: Document, page: Page) -> Result<Vec<Message>, StoreError> {
         let (sort, limit) = match page {
             Page::Latest { limit } => (-1, limit),
             Page::Before { id, limit } => {
@@ -156,21 +218,163 @@ impl MongoMessageStore {
 
 #[async_trait]
 impl MessageStore for MongoMessageStore {
-    async fn insert_many(&self, messages: &[Message]) -> Result<(), StoreError> {
+    async fn insert_many(
+        &self,
+        messages: &[Message],
+        lease_until_ms: i64,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let lease = DateTime::from_millis(lease_until_ms);
         let docs = messages.iter().map(|m| MessageDoc {
             id: m.id,
             sender: m.sender.clone(),
             recipient: m.recipient.clone(),
             content: m.content.clone(),
             timestamp: DateTime::from_millis(m.timestamp_ms),
+            outbox: Some(lease),
+            idempotency_key: m.idempotency_key.clone(),
         });
+        let mut outcomes = vec![Inserted::Stored; messages.len()];
         if messages.len() == 1 {
             let doc = docs.into_iter().next().expect("one message");
-            self.timed(self.messages.insert_one(&doc)).await?;
-        } else {
-            self.timed(self.messages.insert_many(docs)).await?;
+            match mongo::timed(self.op_timeout, self.messages.insert_one(&doc)).await {
+                Ok(_) => {}
+                Err(mongo::CallError::DuplicateKey) => outcomes[0] = Inserted::DuplicateKey,
+                Err(mongo::CallError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+            }
+            return Ok(outcomes);
         }
-        Ok(())
+        // Unordered: a message refused for its idempotency key does not stop the others.
+        let insert = self.messages.insert_many(docs).ordered(false).into_future();
+        match tokio::time::timeout(self.op_timeout, insert).await {
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {:?}",
+                self.op_timeout
+            ))),
+            Ok(Ok(_)) => Ok(outcomes),
+            Ok(Err(e)) => match mongo::refused_as_duplicates(&e) {
+                Some(refused) => {
+                    for i in refused {
+                        if let Some(outcome) = outcomes.get_mut(i) {
+                            *outcome = Inserted::DuplicateKey;
+                        }
+                    }
+                    Ok(outcomes)
+                }
+                None => Err(StoreError::Unavailable(e.to_string())),
+            },
+        }
+    }
+
+    async fn by_idempotency_key(
+        &self,
+        sender: &str,
+        key: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        let found = self
+            .timed(
+                self.messages
+                    .find_one(doc! { "sender": sender, "idempotencyKey": key }),
+            )
+            .await?;
+        Ok(found.map(Message::from))
+    }
+
+    async fn for_user(
+        &self,
+        user: &str,
+        after: Option<ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        // Oldest first from `after`, or from the very first message.
+        let page = Page::After {
+            id: after.unwrap_or_else(|| ObjectId::from_bytes([0; 12])),
+            limit,
+        };
+        let (received, sent) = tokio::try_join!(
+            self.scan(doc! { "recipient": user }, page),
+            self.scan(doc! { "sender": user }, page)
+        )?;
+        let mut merged = merge_by_id([received, sent]);
+        merged.truncate(limit);
+        Ok(merged)
+    }
+
+    async fn mark_published(&self, ids: &[ObjectId]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // One `update` command of one point update per message (a bulk write: one round trip).
+        let updates: Vec<Document> = ids
+            .iter()
+            .map(|id| doc! { "q": { "_id": id }, "u": { "$unset": { "outbox": "" } } })
+            .collect();
+        let command = doc! {
+            "update": self.messages.name(),
+            "updates": updates,
+            "ordered": false,
+        };
+        let reply = self.timed(self.db.run_command(command)).await?;
+        match reply.get_array("writeErrors") {
+            Ok(errors) if !errors.is_empty() => Err(StoreError::Unavailable(format!(
+                "{} outbox markers not cleared",
+                errors.len()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn claim_unpublished(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Claimed, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let messages = &self.messages;
+        let pending: Vec<MessageDoc> = self
+            .timed(async move {
+                let mut cursor = messages
+                    .find(doc! { "outbox": { "$exists": true } })
+                    .sort(doc! { "outbox": 1 })
+                    .limit(limit)
+                    .await?;
+                let mut out = Vec::new();
+                while cursor.advance().await? {
+                    out.push(cursor.deserialize_current()?);
+                }
+                Ok(out)
+            })
+            .await?;
+        let mut claimed = Claimed::default();
+        let lease = DateTime::from_millis(lease_until_ms);
+        let mut due = Vec::new();
+        for doc in pending {
+            match doc.outbox {
+                Some(held) if held.timestamp_millis() > now_ms => {
+                    claimed.next_due_ms = Some(held.timestamp_millis());
+                    break;
+                }
+                Some(held) => due.push((doc, held)),
+                None => {}
+            }
+        }
+        // Each lease is taken only if nobody took it since the read: of replicas sweeping at
+        // once, one wins each message.
+        let takes = due.into_iter().map(|(doc, held)| async move {
+            let taken = self
+                .timed(self.messages.update_one(
+                    doc! { "_id": doc.id, "outbox": held },
+                    doc! { "$set": { "outbox": lease } },
+                ))
+                .await?;
+            Ok::<_, StoreError>((taken.modified_count == 1).then(|| Message::from(doc)))
+        });
+        for taken in futures_util::future::join_all(takes).await {
+            if let Some(message) = taken? {
+                claimed.messages.push(message);
+            }
+        }
+        Ok(claimed)
     }
 
     async fn conversation(&self, a: &str, b: &str, page: Page) -> Result<Vec<Message>, StoreError> {
@@ -205,4 +409,13 @@ fn merge_page(mut x: Vec<Message>, y: Vec<Message>, page: Page) -> Vec<Message> 
         Page::After { limit, .. } => x.truncate(limit),
     }
     x
+}
+
+/// Merges id-ordered runs (one per index scanned) into one oldest-first run without repeats
+/// (a message to oneself is found by both the sender's and the recipient's scan).
+fn merge_by_id(runs: impl IntoIterator<Item = Vec<Message>>) -> Vec<Message> {
+    let mut all: Vec<Message> = runs.into_iter().flatten().collect();
+    all.sort_by_key(|m| m.id);
+    all.dedup_by_key(|m| m.id);
+    all
 }

@@ -6,7 +6,7 @@
 //! with backoff and declares a *fresh* queue (lapin's recovery would re-declare the old
 //! server-named queue, which the broker deleted). Open sockets keep being served meanwhile.
 //!
-//! From the in-process bus (standalone stack): a broadcast subscription.
+//! From the in-process bus (standalone stack): a subscription that never drops an event.
 
 use std::sync::{
     Arc,
@@ -14,7 +14,6 @@ use std::sync::{
 };
 
 use chat_common::bus::LocalBus;
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::hub::Hub;
 
@@ -52,11 +51,8 @@ pub async fn run(
                     r = rx.recv() => r,
                 };
                 match received {
-                    Ok(payload) => hub.handle(&payload).await,
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "event consumer lagged");
-                    }
-                    Err(RecvError::Closed) => break,
+                    Some(payload) => hub.handle(&payload).await,
+                    None => break,
                 }
             }
             ready.store(false, Ordering::Release);
