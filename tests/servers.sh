@@ -74,6 +74,8 @@ ensure_secantus() {
   MONGO_PID=$!
   if ! wait_port 127.0.0.1 "$port" 60 "secantus"; then cat "$RUN_DIR/secantus.log" >&2; exit 1; fi
   export TEST_MONGODB_URL="mongodb://127.0.0.1:$port"
+  # The fault tests start (and kill) servers of their own with it.
+  export TEST_SECANTUS_PYTHON="$VENV/bin/python"
 }
 
 # Builds (once, cached by version; see tests/k8s/build.sh) and starts etcd and a current

@@ -36,7 +36,7 @@ start auth-service "$AUTH_PORT" DATABASE_URL="$TEST_MONGODB_URL/bench_auth"
 start chat-service "$CHAT_PORT" DATABASE_URL="$TEST_MONGODB_URL/bench_chat" \
   RABBITMQ_URL=amqp://127.0.0.1:5672 AUTH_SERVICE_URL="http://127.0.0.1:$AUTH_PORT" EXCHANGE_NAME="$EXCHANGE"
 start websocket-service "$WS_PORT" RABBITMQ_URL=amqp://127.0.0.1:5672 \
-  AUTH_SERVICE_URL="http://127.0.0.1:$AUTH_PORT" EXCHANGE_NAME="$EXCHANGE"
+  CHAT_SERVICE_URL="http://127.0.0.1:$CHAT_PORT" EXCHANGE_NAME="$EXCHANGE"
 sleep 1
 
 TARGET=(--auth "http://127.0.0.1:$AUTH_PORT" --chat "http://127.0.0.1:$CHAT_PORT" --ws "ws://127.0.0.1:$WS_PORT")

@@ -2,6 +2,8 @@
 //! MongoDB-compatible servers (each stack with its own databases and its own exchange, so tests
 //! run in parallel), plus HTTP and WebSocket client helpers.
 
+pub mod faults;
+
 use std::{net::SocketAddr, time::Duration};
 
 use chat_common::{config::Vars, testing};
@@ -86,11 +88,12 @@ pub async fn spawn_chat_with_broker(
     })
 }
 
-/// A websocket-service replica consuming `exchange`, once ready.
-pub async fn spawn_ws(auth: SocketAddr, exchange: &str, extra: &[(&str, String)]) -> Running {
+/// A websocket-service replica consuming `exchange`, once ready; its sockets catch up from the
+/// chat-service at `chat`.
+pub async fn spawn_ws(chat: SocketAddr, exchange: &str, extra: &[(&str, String)]) -> Running {
     let mut all = vec![
         ("RABBITMQ_URL", testing::rabbitmq_url()),
-        ("AUTH_SERVICE_URL", format!("http://{auth}")),
+        ("CHAT_SERVICE_URL", format!("http://{chat}")),
         ("EXCHANGE_NAME", exchange.to_owned()),
     ];
     all.extend(extra.iter().cloned());
@@ -147,7 +150,7 @@ impl Stack {
         let chat = spawn_chat(&chat_db, auth.addr, &exchange).await;
         let mut ws = Vec::new();
         for _ in 0..replicas {
-            ws.push(spawn_ws(auth.addr, &exchange, ws_extra).await);
+            ws.push(spawn_ws(chat.addr, &exchange, ws_extra).await);
         }
         Self {
             auth,

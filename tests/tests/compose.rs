@@ -479,17 +479,18 @@ fn every_variable_set_is_read_and_each_service_has_what_it_needs() {
     assert!(ws.rabbitmq_url.is_some() && !ws.common.dev_mode);
     assert_serves_on(&compose, "websocket-service", ws.common.bind.port());
 
-    // The defaults (localhost) would be wrong in a container: both callers name auth-service.
+    // The defaults (localhost) would be wrong in a container: chat-service calls auth-service,
+    // websocket-service calls chat-service, each by its compose name and port.
+    let port_of = |url: &str| reqwest::Url::parse(url).unwrap().port_or_known_default();
     assert_eq!(
-        chat.auth_service_url, ws.auth_service_url,
-        "chat-service and websocket-service call the same auth-service"
-    );
-    assert_eq!(
-        reqwest::Url::parse(&chat.auth_service_url)
-            .unwrap()
-            .port_or_known_default(),
+        port_of(&chat.auth_service_url),
         Some(auth.common.bind.port()),
         "AUTH_SERVICE_URL uses auth-service's port"
+    );
+    assert_eq!(
+        port_of(&ws.chat_service_url),
+        Some(chat.common.bind.port()),
+        "CHAT_SERVICE_URL uses chat-service's port"
     );
     // One JWT secret for the three, the one from .env.
     let secret = user_env()["JWT_SECRET"].clone();
@@ -569,7 +570,10 @@ async fn urls_reach_the_compose_services_with_the_stores_credentials() {
             );
             waits_for("rabbitmq", "service_healthy");
         }
-        if let Some(url) = env.get("AUTH_SERVICE_URL") {
+        for url in ["AUTH_SERVICE_URL", "CHAT_SERVICE_URL"]
+            .iter()
+            .filter_map(|name| env.get(*name))
+        {
             let url = reqwest::Url::parse(url).unwrap();
             let host = url.host_str().unwrap();
             let port = environment(service(&compose, host))["PORT"].clone();

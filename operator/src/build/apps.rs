@@ -91,11 +91,13 @@ fn rabbitmq_env(plan: &Plan) -> Vec<EnvVar> {
 fn service_env(plan: &Plan, app: &App) -> Vec<EnvVar> {
     let mut vars = vec![env("PORT", app.component.port().to_string())];
     let jwt = env_from_secret("JWT_SECRET", &plan.jwt.secret_name, &plan.jwt.key);
-    let auth_url = format!(
-        "http://{}:{}",
-        plan.service_host(&plan.child_name(Component::Auth)),
-        Component::Auth.port()
-    );
+    let url = |component: Component| {
+        format!(
+            "http://{}:{}",
+            plan.service_host(&plan.child_name(component)),
+            component.port()
+        )
+    };
     match app.component {
         Component::Auth => {
             vars.extend(database_env(plan, "auth"));
@@ -108,12 +110,13 @@ fn service_env(plan: &Plan, app: &App) -> Vec<EnvVar> {
             vars.extend(database_env(plan, "chat"));
             vars.extend(rabbitmq_env(plan));
             vars.push(jwt);
-            vars.push(env("AUTH_SERVICE_URL", auth_url));
+            vars.push(env("AUTH_SERVICE_URL", url(Component::Auth)));
         }
         Component::WebSocket => {
             vars.extend(rabbitmq_env(plan));
             vars.push(jwt);
-            vars.push(env("AUTH_SERVICE_URL", auth_url));
+            // Where sockets read what they missed (a resume, an interrupted queue).
+            vars.push(env("CHAT_SERVICE_URL", url(Component::Chat)));
         }
         Component::MongoDb | Component::RabbitMq => {}
     }

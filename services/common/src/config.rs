@@ -183,7 +183,7 @@ impl<S: Source> Vars<S> {
     }
 
     /// An `http://` or `https://` base URL, without a trailing slash.
-    #[cfg(feature = "auth-client")]
+    #[cfg(feature = "http-client")]
     pub fn http_url_or(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
         let v = self.string(name).unwrap_or_else(|| default.to_owned());
         match reqwest::Url::parse(&v) {

@@ -16,9 +16,14 @@ use tokio::sync::watch;
 pub const OWN_VARS: [&str; 3] = ["AUTH_PORT", "CHAT_PORT", "WS_PORT"];
 
 /// What the stack sets for its services, whatever the environment says: each one's port (from
-/// [`OWN_VARS`]), where chat and websocket find auth, and development mode (embedded stores and
-/// the in-process bus unless `DATABASE_URL`/`RABBITMQ_URL` are set).
-pub const SETS_FOR_ITS_SERVICES: [&str; 3] = ["PORT", "AUTH_SERVICE_URL", "CHAT_DEV_MODE"];
+/// [`OWN_VARS`]), where chat finds auth and websocket finds chat, and development mode (embedded
+/// stores and the in-process bus unless `DATABASE_URL`/`RABBITMQ_URL` are set).
+pub const SETS_FOR_ITS_SERVICES: [&str; 4] = [
+    "PORT",
+    "AUTH_SERVICE_URL",
+    "CHAT_SERVICE_URL",
+    "CHAT_DEV_MODE",
+];
 
 /// Where the stack listens.
 #[derive(Debug, Clone, Copy)]
@@ -130,12 +135,18 @@ where
         ("PORT".into(), chat_port.to_string()),
     ]);
     let chat_config = chat_service::Config::from_env(&Vars(&settings)).map_err(config_error)?;
-    settings.over.push(("PORT".into(), ws_port.to_string()));
+    let chat = chat_service::App::build(&chat_config).await?;
+    settings.over.extend([
+        (
+            "CHAT_SERVICE_URL".into(),
+            format!("http://{}", reachable(chat.local_addr())),
+        ),
+        ("PORT".into(), ws_port.to_string()),
+    ]);
     let mut ws_config =
         websocket_service::Config::from_env(&Vars(&settings)).map_err(config_error)?;
     // Without RABBITMQ_URL, events go from chat-service to websocket-service in this process.
     ws_config.local_bus = chat_config.local_bus.clone();
-    let chat = chat_service::App::build(&chat_config).await?;
     let websocket = websocket_service::App::build(&ws_config).await?;
 
     let (stop, stopped) = watch::channel(false);

@@ -1,9 +1,16 @@
 //! The connection registry and event delivery.
 //!
-//! Sockets are registered under the username of their token (events name users by username) and
-//! remember their user id. For each event, only names with a socket on this replica are resolved
-//! to an id (through the cached auth-service lookup), and a frame goes to the sockets whose id
-//! matches: a user connected elsewhere costs one hash-map probe.
+//! Sockets are registered under the username their token carries, which is what events name
+//! (`sender`, `recipient`): delivering an event is a hash-map probe per participant, with no
+//! call to any other service, so a slow or failing auth-service cannot lose an event. (Usernames
+//! are unique and never change, so this reaches exactly the sockets the original reached by
+//! looking each username's id up in auth-service.) Each event's frame is built once and queued
+//! to every socket of its recipient and of its sender's other devices, with its `_id` so a
+//! socket never gets the same message twice (see [`crate::socket`]).
+//!
+//! When the event consumer had to start over on a fresh queue (the broker restarted, the
+//! connection dropped), events published in between never reached this replica:
+//! [`Hub::events_interrupted`] tells every socket, and each catches up from the store.
 
 use std::{
     collections::HashMap,
@@ -15,26 +22,26 @@ use std::{
 
 use axum::extract::ws::Utf8Bytes;
 use chat_common::{
-    auth_client::UserDirectory,
     event::{Event, Frame, NEW_MESSAGE},
     time::{now_millis, parse_rfc3339_millis},
 };
+use tokio::sync::watch;
 
-use crate::{WsMetrics, outbox::Outbox};
+use crate::{WsMetrics, catchup::MessageId, outbox::Outbox};
 
 /// One open socket.
 struct Conn {
     id: u64,
-    user_id: Arc<str>,
     outbox: Arc<Outbox>,
 }
 
 pub struct Hub {
     conns: RwLock<HashMap<Arc<str>, Vec<Conn>>>,
     next_id: AtomicU64,
-    directory: UserDirectory,
     metrics: WsMetrics,
     queue: usize,
+    /// Bumped each time events may have been missed (a fresh queue).
+    interruptions: watch::Sender<u64>,
 }
 
 /// What a socket's task holds: its queue, removed from the hub on drop.
@@ -43,6 +50,19 @@ pub struct Registration {
     username: Arc<str>,
     id: u64,
     pub outbox: Arc<Outbox>,
+    /// Changes when events may have been missed: the socket should catch up.
+    pub interruptions: watch::Receiver<u64>,
+}
+
+impl Registration {
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// A number that differs from socket to socket, to spread their work over time.
+    pub fn spread(&self) -> u64 {
+        self.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
+    }
 }
 
 impl Drop for Registration {
@@ -53,17 +73,17 @@ impl Drop for Registration {
 
 impl Hub {
     /// `queue`: frames a socket may have pending before it is dropped as a slow consumer.
-    pub fn new(directory: UserDirectory, metrics: WsMetrics, queue: usize) -> Self {
+    pub fn new(metrics: WsMetrics, queue: usize) -> Self {
         Self {
             conns: RwLock::default(),
             next_id: AtomicU64::new(1),
-            directory,
             metrics,
             queue: queue.max(1),
+            interruptions: watch::channel(0).0,
         }
     }
 
-    pub fn register(self: &Arc<Self>, username: &str, user_id: &str) -> Registration {
+    pub fn register(self: &Arc<Self>, username: &str) -> Registration {
         let outbox = Arc::new(Outbox::new(self.queue));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let username: Arc<str> = username.into();
@@ -72,16 +92,37 @@ impl Hub {
             .or_default()
             .push(Conn {
                 id,
-                user_id: user_id.into(),
                 outbox: outbox.clone(),
             });
         self.metrics.open_sockets.inc();
+        let mut interruptions = self.interruptions.subscribe();
+        interruptions.mark_unchanged();
         Registration {
             hub: self.clone(),
             username,
             id,
             outbox,
+            interruptions,
         }
+    }
+
+    /// Events may have been missed (the consumer starts over on a fresh queue): every open
+    /// socket catches up from the store.
+    pub fn events_interrupted(&self) {
+        self.metrics.interruptions.inc();
+        self.interruptions.send_modify(|n| *n += 1);
+    }
+
+    /// A socket wrote `messages` read from the store.
+    pub fn caught_up(&self, messages: usize) {
+        self.metrics
+            .catch_up
+            .inc_by(u64::try_from(messages).unwrap_or(u64::MAX));
+    }
+
+    /// A socket could not read its catch-up and was closed (1013) to resume later.
+    pub fn catch_up_failed(&self) {
+        self.metrics.catch_up_failures.inc();
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, Vec<Conn>>> {
@@ -115,13 +156,10 @@ impl Hub {
         self.read().values().map(Vec::len).sum()
     }
 
-    fn has(&self, username: &str) -> bool {
-        self.read().contains_key(username)
-    }
-
-    /// Queues `frame` on every socket of `username` whose user id is `user_id`; drops sockets
-    /// whose queue is full. Returns how many sockets got it.
-    fn deliver(&self, username: &str, user_id: &str, frame: &Utf8Bytes) -> usize {
+    /// Queues `frame` on every socket of `username`; a socket whose queue is full is marked
+    /// dropped (its task closes it with 1008, and the client resumes). Returns how many sockets
+    /// got it.
+    fn deliver(&self, username: &str, id: MessageId, frame: &Utf8Bytes) -> usize {
         let mut delivered = 0;
         let mut slow = Vec::new();
         {
@@ -129,8 +167,8 @@ impl Hub {
             let Some(list) = conns.get(username) else {
                 return 0;
             };
-            for c in list.iter().filter(|c| &*c.user_id == user_id) {
-                if c.outbox.push(frame.clone()) {
+            for c in list {
+                if c.outbox.push(id, frame.clone()) {
                     delivered += 1;
                 } else {
                     slow.push(c.id);
@@ -145,8 +183,11 @@ impl Hub {
         delivered
     }
 
-    /// Handles one event payload from the exchange (or the in-process bus).
-    pub async fn handle(&self, payload: &[u8]) {
+    /// Handles one event payload from the exchange (or the in-process bus): once this returns,
+    /// the event is in the queue of every local socket it is for, and may be acked. A payload
+    /// that is not an event is counted (`ws_events_total{kind="malformed"}`) and dropped: it
+    /// would fail the same way again.
+    pub fn handle(&self, payload: &[u8]) {
         let event: Event = match serde_json::from_slice(payload) {
             Ok(e) => e,
             Err(e) => {
@@ -159,6 +200,11 @@ impl Hub {
             self.metrics.events.with_label_values(&["ignored"]).inc();
             return;
         }
+        let Some(id) = MessageId::parse(&event.data.id) else {
+            self.metrics.events.with_label_values(&["malformed"]).inc();
+            tracing::warn!(id = %event.data.id, "ignoring an event whose _id is not an ObjectId");
+            return;
+        };
         self.metrics
             .events
             .with_label_values(&["new_message"])
@@ -169,23 +215,15 @@ impl Hub {
         // The recipient's sockets, then the sender's other devices.
         let sender_differs = m.sender != m.recipient;
         for name in std::iter::once(&m.recipient).chain(sender_differs.then_some(&m.sender)) {
-            if !self.has(name) {
+            if !self.read().contains_key(name.as_str()) {
                 continue;
             }
-            let id = match self.directory.id_of(name).await {
-                Ok(Some(id)) => id,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot resolve a username; event not delivered to it");
-                    continue;
-                }
-            };
             let frame = frame.get_or_insert_with(|| {
                 serde_json::to_string(&Frame::from(m))
                     .expect("a frame always serialises")
                     .into()
             });
-            delivered += self.deliver(name, &id, frame);
+            delivered += self.deliver(name, id, frame);
         }
         if delivered > 0 {
             self.metrics

@@ -2,6 +2,7 @@
 //! A drop-in for the original's `ws://host:5003?token=<JWT>`, with many sockets per user, bounded
 //! per-socket queues, pings, token expiry and a consumer that survives broker restarts.
 
+pub mod catchup;
 pub mod consumer;
 pub mod hub;
 mod outbox;
@@ -19,8 +20,8 @@ use std::{
 
 use anyhow::Context;
 use axum::{Router, extract::State, response::Response, routing::get};
+use catchup::ChatClient;
 use chat_common::{
-    auth_client::{DirectoryConfig, UserDirectory},
     bus::LocalBus,
     config::{CommonConfig, ConfigError, SecretUrl, Source, Vars},
     http::{Limits, readiness},
@@ -29,7 +30,7 @@ use chat_common::{
 };
 pub use consumer::EventSource;
 use hub::Hub;
-pub use socket::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_UNAUTHORIZED};
+pub use socket::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED};
 use tokio::{net::TcpListener, sync::watch};
 
 /// Socket tuning.
@@ -43,6 +44,9 @@ pub struct SocketConfig {
     pub max_message_bytes: usize,
     /// `WS_WRITE_TIMEOUT` (default 10 s): longest a single write may block.
     pub write_timeout: Duration,
+    /// `RESUME_MARGIN` (default 5 s): how far before its starting id a catch-up reads, for
+    /// messages stored after a newer one was delivered.
+    pub resume_margin: Duration,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
     pub max_write_buffer_bytes: usize,
@@ -55,6 +59,7 @@ impl Default for SocketConfig {
             queue: 256,
             max_message_bytes: 64 * 1024,
             write_timeout: Duration::from_secs(10),
+            resume_margin: Duration::from_secs(5),
             // Clients send little (pongs); larger messages grow the buffer as needed.
             read_buffer_bytes: 256,
             write_buffer_bytes: 0,
@@ -78,14 +83,12 @@ pub struct Config {
     /// chat-service's.
     pub local_bus: LocalBus,
     pub jwt: JwtSettings,
-    /// `AUTH_SERVICE_URL` (default `http://localhost:5001`).
-    pub auth_service_url: String,
+    /// `CHAT_SERVICE_URL` (default `http://localhost:5002`): where sockets read their catch-up.
+    pub chat_service_url: String,
     /// `EXCHANGE_NAME` (default `chat_exchange`).
     pub exchange: String,
     /// `PREFETCH` (default 256): unacknowledged events in flight.
     pub prefetch: u16,
-    /// `LOOKUP_CACHE_SIZE` (default 100000) and `LOOKUP_CACHE_TTL` (default 10 min).
-    pub directory: DirectoryConfig,
     pub socket: SocketConfig,
 }
 
@@ -99,27 +102,22 @@ impl Config {
         if rabbitmq_url.is_none() && !common.dev_mode {
             return Err(ConfigError::Missing("RABBITMQ_URL"));
         }
-        let d = DirectoryConfig::default();
         let s = SocketConfig::default();
         Ok(Self {
             rabbitmq_url,
             local_bus: LocalBus::default(),
             jwt: JwtSettings::from_env(vars)?,
-            auth_service_url: vars.http_url_or("AUTH_SERVICE_URL", "http://localhost:5001")?,
+            chat_service_url: vars.http_url_or("CHAT_SERVICE_URL", "http://localhost:5002")?,
             exchange: vars
                 .string("EXCHANGE_NAME")
                 .unwrap_or_else(|| chat_common::bus::DEFAULT_EXCHANGE.to_owned()),
             prefetch: vars.positive_or("PREFETCH", 256)?,
-            directory: DirectoryConfig {
-                capacity: vars.positive_or("LOOKUP_CACHE_SIZE", d.capacity)?,
-                ttl: vars.nonzero_duration_or("LOOKUP_CACHE_TTL", d.ttl)?,
-                ..d
-            },
             socket: SocketConfig {
                 ping_interval: vars.nonzero_duration_or("WS_PING_INTERVAL", s.ping_interval)?,
                 queue: vars.positive_or("WS_QUEUE", s.queue)?,
                 max_message_bytes: vars.positive_or("WS_MAX_MESSAGE_BYTES", s.max_message_bytes)?,
                 write_timeout: vars.nonzero_duration_or("WS_WRITE_TIMEOUT", s.write_timeout)?,
+                resume_margin: vars.nonzero_duration_or("RESUME_MARGIN", s.resume_margin)?,
                 ..s
             },
             common,
@@ -165,6 +163,11 @@ impl App {
         self.listener.local_addr().expect("a bound listener")
     }
 
+    /// The connection registry (tests signal interruptions through it).
+    pub fn hub(&self) -> Arc<Hub> {
+        self.state.hub.clone()
+    }
+
     /// Serves until `shutdown` resolves; then closes every socket with 1001 and stops consuming.
     pub async fn run<F>(self, shutdown: F) -> std::io::Result<()>
     where
@@ -182,11 +185,16 @@ pub struct WsMetrics {
     pub slow_dropped: prometheus::IntCounter,
     pub events: prometheus::IntCounterVec,
     pub latency: prometheus::Histogram,
+    pub interruptions: prometheus::IntCounter,
+    pub catch_up: prometheus::IntCounter,
+    pub catch_up_failures: prometheus::IntCounter,
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
+    /// chat-service's catch-up read.
+    pub chat: ChatClient,
     pub verifier: Arc<TokenVerifier>,
     pub config: SocketConfig,
     pub consumer_ready: Arc<AtomicBool>,
@@ -215,23 +223,34 @@ impl AppState {
                 "From the message's timestamp (set by chat-service) to its frame being queued.",
                 metrics::LATENCY_BUCKETS,
             ),
+            interruptions: prometheus::IntCounter::new(
+                "ws_event_interruptions_total",
+                "Times the event consumer started over on a fresh queue (open sockets then catch up).",
+            )?,
+            catch_up: prometheus::IntCounter::new(
+                "ws_catch_up_messages_total",
+                "Messages read from chat-service by catch-ups (resume, interruption), before dropping repeats.",
+            )?,
+            catch_up_failures: prometheus::IntCounter::new(
+                "ws_catch_up_failures_total",
+                "Catch-ups that could not be read; their sockets were closed with 1013.",
+            )?,
         };
         http_metrics.register(metrics.open_sockets.clone());
         http_metrics.register(metrics.deliveries.clone());
         http_metrics.register(metrics.slow_dropped.clone());
         http_metrics.register(metrics.events.clone());
         http_metrics.register(metrics.latency.clone());
-        let directory = UserDirectory::for_service(
-            "websocket-service",
-            "ws",
-            &config.jwt,
-            &config.auth_service_url,
-            config.directory,
-            &http_metrics,
-        )?;
+        http_metrics.register(metrics.interruptions.clone());
+        http_metrics.register(metrics.catch_up.clone());
+        http_metrics.register(metrics.catch_up_failures.clone());
         let (stop, shutdown) = watch::channel(false);
         Ok(Self {
-            hub: Arc::new(Hub::new(directory, metrics, config.socket.queue)),
+            hub: Arc::new(Hub::new(metrics, config.socket.queue)),
+            chat: ChatClient::new(
+                &config.chat_service_url,
+                config.common.limits.request_timeout,
+            )?,
             verifier: Arc::new(config.jwt.verifier()),
             config: config.socket,
             consumer_ready: Arc::new(AtomicBool::new(false)),

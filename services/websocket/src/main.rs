@@ -9,7 +9,7 @@ const BINARY: Binary = Binary {
     name: "websocket-service",
     version: env!("CARGO_PKG_VERSION"),
     about: "pushes new_message events to users' WebSockets; configured by environment variables \
-            (PORT, RABBITMQ_URL, JWT_SECRET, AUTH_SERVICE_URL, ...; see the README)",
+            (PORT, RABBITMQ_URL, JWT_SECRET, CHAT_SERVICE_URL, ...; see the README)",
     subcommands: &[],
 };
 

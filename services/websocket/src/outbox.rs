@@ -13,9 +13,14 @@ use std::{
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
+use crate::catchup::MessageId;
+
+/// A queued frame and the `_id` of the message it carries.
+pub type Queued = (MessageId, Utf8Bytes);
+
 #[derive(Debug)]
 pub struct Outbox {
-    frames: Mutex<VecDeque<Utf8Bytes>>,
+    frames: Mutex<VecDeque<Queued>>,
     capacity: usize,
     dropped: AtomicBool,
     wake: Notify,
@@ -24,7 +29,7 @@ pub struct Outbox {
 /// What the socket task gets next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    Frame(Utf8Bytes),
+    Frame(MessageId, Utf8Bytes),
     /// The queue overflowed: close the socket.
     Dropped,
 }
@@ -39,14 +44,14 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Utf8Bytes>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
         self.frames
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues a frame; `false` (and the queue is marked dropped) when it is full.
-    pub fn push(&self, frame: Utf8Bytes) -> bool {
+    pub fn push(&self, id: MessageId, frame: Utf8Bytes) -> bool {
         let mut frames = self.lock();
         if frames.len() >= self.capacity {
             frames.clear();
@@ -56,10 +61,19 @@ impl Outbox {
             self.wake.notify_one();
             return false;
         }
-        frames.push_back(frame);
+        frames.push_back((id, frame));
         drop(frames);
         self.wake.notify_one();
         true
+    }
+
+    /// Takes what is queued now without waiting (a socket catching up moves live frames aside
+    /// so its queue does not overflow meanwhile); `None` once the queue overflowed.
+    pub fn take_queued(&self) -> Option<VecDeque<Queued>> {
+        if self.dropped.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(std::mem::take(&mut *self.lock()))
     }
 
     /// Waits for the next frame, or for the verdict that the socket fell too far behind.
@@ -68,8 +82,8 @@ impl Outbox {
             if self.dropped.load(Ordering::Acquire) {
                 return Next::Dropped;
             }
-            if let Some(frame) = self.lock().pop_front() {
-                return Next::Frame(frame);
+            if let Some((id, frame)) = self.lock().pop_front() {
+                return Next::Frame(id, frame);
             }
             // A push between the check and here leaves a permit: no wake-up is lost.
             self.wake.notified().await;
@@ -81,28 +95,36 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn id(n: u8) -> MessageId {
+        MessageId::from_bytes([n; 12])
+    }
+
     #[tokio::test]
     async fn delivers_in_order_and_wakes_a_waiting_reader() {
         let o = std::sync::Arc::new(Outbox::new(2));
-        assert!(o.push("a".into()));
-        assert!(o.push("b".into()));
-        assert_eq!(o.next().await, Next::Frame("a".into()));
-        assert_eq!(o.next().await, Next::Frame("b".into()));
+        assert!(o.push(id(1), "a".into()));
+        assert!(o.push(id(2), "b".into()));
+        assert_eq!(o.next().await, Next::Frame(id(1), "a".into()));
+        assert_eq!(o.next().await, Next::Frame(id(2), "b".into()));
         let waiter = tokio::spawn({
             let o = o.clone();
             async move { o.next().await }
         });
         tokio::task::yield_now().await;
-        assert!(o.push("c".into()));
-        assert_eq!(waiter.await.unwrap(), Next::Frame("c".into()));
+        assert!(o.push(id(3), "c".into()));
+        assert_eq!(waiter.await.unwrap(), Next::Frame(id(3), "c".into()));
     }
 
     #[tokio::test]
     async fn overflow_drops_the_socket() {
         let o = Outbox::new(2);
-        assert!(o.push("a".into()));
-        assert!(o.push("b".into()));
-        assert!(!o.push("c".into()), "full");
+        assert!(o.push(id(1), "a".into()));
+        assert!(o.push(id(2), "b".into()));
+        assert_eq!(o.take_queued().unwrap().len(), 2, "taken aside");
+        assert!(o.push(id(1), "a".into()));
+        assert!(o.push(id(2), "b".into()));
+        assert!(!o.push(id(3), "c".into()), "full");
+        assert!(o.take_queued().is_none());
         assert_eq!(
             o.next().await,
             Next::Dropped,

@@ -1,8 +1,9 @@
-//! The WebSocket endpoint: authentication at the upgrade, then one task per socket that writes
-//! queued frames, pings, reads (pongs, close), and closes on token expiry, slow consumption or
-//! shutdown.
+//! The WebSocket endpoint: authentication at the upgrade, then one task per socket that catches
+//! the client up (`?last_id=`), writes queued frames (each message once), pings, reads (pongs,
+//! close), catches up again when this replica's events were interrupted, and closes on token
+//! expiry, slow consumption or shutdown.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, collections::VecDeque, time::Duration};
 
 use axum::{
     extract::{
@@ -19,12 +20,21 @@ use chat_common::{
 };
 use futures_util::{SinkExt, StreamExt};
 
-use crate::{AppState, hub::Registration, outbox::Next};
+use crate::{
+    AppState,
+    catchup::{MessageId, PAGE, RecentIds},
+    hub::Registration,
+    outbox::{Next, Queued},
+};
 
 /// Close codes.
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+/// The client stopped reading (its queue overflowed or a write timed out): reconnect with
+/// `last_id`.
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A catch-up could not be read (chat-service unreachable): reconnect with `last_id` later.
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
 
 /// Sub-protocol a client may offer next to its token (`Sec-WebSocket-Protocol: bearer, <jwt>`).
 const BEARER_PROTOCOL: &str = "bearer";
@@ -63,6 +73,16 @@ pub async fn upgrade(
         .cloned()
         .or_else(|| bearer_token(&headers).map(str::to_owned))
         .or(from_protocol.clone());
+    let last_id = match query.get("last_id").map(|id| MessageId::parse(id)) {
+        None => None,
+        Some(Some(id)) => Some(id),
+        Some(None) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "last_id must be the _id of a message",
+            );
+        }
+    };
     let verdict = match token.as_deref() {
         None => Err("No token provided"),
         Some(t) => state.verifier.verify_user(t).map_err(|e| match e {
@@ -83,7 +103,14 @@ pub async fn upgrade(
         ws.set_selected_protocol(p);
     }
     match verdict {
-        Ok(user) => ws.on_upgrade(move |socket| serve(socket, user, state)),
+        Ok(user) => {
+            let session = Session {
+                token: token.unwrap_or_default().into_boxed_str(),
+                expires_at: user.expires_at,
+                last_id,
+            };
+            ws.on_upgrade(move |socket| serve(socket, user, session, state))
+        }
         Err(reason) => ws.on_upgrade(move |mut socket| async move {
             let _ = socket.send(close(CLOSE_UNAUTHORIZED, reason)).await;
         }),
@@ -98,15 +125,138 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-async fn serve(socket: WebSocket, user: User, state: AppState) {
-    let registration = state.hub.register(&user.username, &user.id);
-    let expires_at = user.expires_at;
+/// What a socket's task keeps of its upgrade request.
+struct Session {
+    /// The user's token, for catch-up reads from chat-service on their behalf.
+    token: Box<str>,
+    expires_at: u64,
+    /// The last message the client saw, if it is resuming.
+    last_id: Option<MessageId>,
+}
+
+async fn serve(socket: WebSocket, user: User, session: Session, state: AppState) {
+    let registration = state.hub.register(&user.username);
     drop(user); // Idle sockets are many: keep nothing the task does not need.
-    run_socket(socket, registration, expires_at, &state).await;
+    run_socket(socket, registration, session, &state).await;
+}
+
+/// Why a socket task stops writing: `Some` close frame to send, or `None` (the peer is gone).
+type Stop = Option<Message>;
+
+/// A socket's writing side: what it sent (each message once) and the newest id among it.
+struct Writer<'a, S> {
+    socket: &'a mut S,
+    sent: RecentIds,
+    /// The newest message id written (or the connection time): where a catch-up after an
+    /// interruption starts, less the margin.
+    cursor: MessageId,
+    write_timeout: Duration,
+}
+
+impl<S> Writer<'_, S>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    /// Writes `frame` unless message `id` was already written to this socket.
+    async fn frame(
+        &mut self,
+        id: MessageId,
+        frame: axum::extract::ws::Utf8Bytes,
+    ) -> Result<(), Stop> {
+        if !self.sent.insert(id) {
+            return Ok(());
+        }
+        self.cursor = self.cursor.max(id);
+        match tokio::time::timeout(self.write_timeout, self.socket.send(Message::Text(frame))).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(None),
+            Err(_) => Err(Some(close(CLOSE_POLICY, "Too slow"))),
+        }
+    }
+
+    async fn frames(&mut self, queued: &mut VecDeque<Queued>) -> Result<(), Stop> {
+        while let Some((id, frame)) = queued.pop_front() {
+            self.frame(id, frame).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes every message of the user newer than `from` (oldest first, a page at a time), then
+/// the live frames that arrived meanwhile. Live frames are moved aside after each page, so the
+/// socket's queue never overflows while it catches up.
+async fn catch_up<S>(
+    writer: &mut Writer<'_, S>,
+    reg: &Registration,
+    session: &Session,
+    from: MessageId,
+    state: &AppState,
+) -> Result<(), Stop>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let mut held: VecDeque<Queued> = VecDeque::new();
+    let mut after = from;
+    loop {
+        let page = match state.chat.messages_after(&session.token, after).await {
+            Ok(page) => page,
+            Err(crate::catchup::CatchUpError::Status(status))
+                if status == StatusCode::UNAUTHORIZED =>
+            {
+                return Err(Some(close(CLOSE_UNAUTHORIZED, "Token expired")));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot catch a socket up; closing it so it resumes");
+                state.hub.catch_up_failed();
+                return Err(Some(close(
+                    CLOSE_TRY_AGAIN,
+                    "Catch-up unavailable, reconnect with last_id",
+                )));
+            }
+        };
+        for m in &page {
+            let Some(id) = MessageId::parse(&m.id) else {
+                continue;
+            };
+            let frame = serde_json::to_string(&chat_common::event::Frame::from(m))
+                .expect("a frame always serialises");
+            writer.frame(id, frame.into()).await?;
+            after = id;
+        }
+        state.hub.caught_up(page.len());
+        match reg.outbox.take_queued() {
+            Some(live) if held.len() + live.len() <= state.config.queue * 4 => held.extend(live),
+            _ => return Err(Some(close(CLOSE_POLICY, "Too slow"))),
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    writer.frames(&mut held).await
 }
 
 /// The socket's life, generic over its sink and stream so it can be driven in tests.
-async fn run_socket<S>(mut socket: S, reg: Registration, expires_at: u64, state: &AppState)
+async fn run_socket<S>(mut socket: S, mut reg: Registration, session: Session, state: &AppState)
+where
+    S: futures_util::Sink<Message>
+        + futures_util::Stream<Item = Result<Message, axum::Error>>
+        + Unpin,
+{
+    let outcome = serve_socket(&mut socket, &mut reg, &session, state).await;
+    drop(reg);
+    if let Some(message) = outcome {
+        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(message)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
+}
+
+async fn serve_socket<S>(
+    socket: &mut S,
+    reg: &mut Registration,
+    session: &Session,
+    state: &AppState,
+) -> Stop
 where
     S: futures_util::Sink<Message>
         + futures_util::Stream<Item = Result<Message, axum::Error>>
@@ -114,23 +264,60 @@ where
 {
     let mut shutdown = state.shutdown.clone();
     let ping_every = state.config.ping_interval;
-    let write_timeout = state.config.write_timeout;
+    let margin = state.config.resume_margin;
     let ping = tokio::time::sleep(ping_every);
     tokio::pin!(ping);
     let mut missed_pongs = 0u32;
-    let expiry = tokio::time::sleep(Duration::from_secs(expires_at.saturating_sub(now_secs())));
+    let expiry = tokio::time::sleep(Duration::from_secs(
+        session.expires_at.saturating_sub(now_secs()),
+    ));
     tokio::pin!(expiry);
+    // A catch-up after an interruption waits a moment, different for each socket, so that a
+    // replica's sockets do not all read from chat-service at once.
+    let spread = Duration::from_millis(reg.spread() % 1000);
+    let catch_up_at = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(catch_up_at);
+    let mut catch_up_due = false;
 
-    let outcome: Option<Message> = loop {
+    let mut writer = Writer {
+        socket,
+        sent: RecentIds::default(),
+        cursor: session
+            .last_id
+            .unwrap_or_else(|| MessageId::at_secs(now_secs())),
+        write_timeout: state.config.write_timeout,
+    };
+    if let Some(last) = session.last_id {
+        // The client has `last`; everything after it (and what may have landed just before it)
+        // comes first, oldest first.
+        writer.sent.insert(last);
+        if let Err(stop) = catch_up(&mut writer, reg, session, last.minus(margin), state).await {
+            return stop;
+        }
+    }
+
+    loop {
         tokio::select! {
             next = reg.outbox.next() => {
-                let Next::Frame(frame) = next else {
+                let Next::Frame(id, frame) = next else {
                     break Some(close(CLOSE_POLICY, "Too slow"));
                 };
-                match tokio::time::timeout(write_timeout, socket.send(Message::Text(frame))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break None,
-                    Err(_) => break Some(close(CLOSE_POLICY, "Too slow")),
+                if let Err(stop) = writer.frame(id, frame).await {
+                    break stop;
+                }
+            }
+            changed = reg.interruptions.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                catch_up_due = true;
+                catch_up_at.as_mut().reset(tokio::time::Instant::now() + spread);
+            }
+            () = &mut catch_up_at, if catch_up_due => {
+                catch_up_due = false;
+                let from = writer.cursor.minus(margin);
+                if let Err(stop) = catch_up(&mut writer, reg, session, from, state).await {
+                    break stop;
                 }
             }
             () = &mut ping => {
@@ -140,24 +327,19 @@ where
                     break None;
                 }
                 missed_pongs += 1;
-                if tokio::time::timeout(write_timeout, socket.send(Message::Ping(axum::body::Bytes::new()))).await.is_err() {
+                if tokio::time::timeout(writer.write_timeout, writer.socket.send(Message::Ping(axum::body::Bytes::new()))).await.is_err() {
                     break None;
                 }
             }
             () = &mut expiry => break Some(close(CLOSE_UNAUTHORIZED, "Token expired")),
             _ = shutdown.changed() => break Some(close(CLOSE_GOING_AWAY, "Server shutting down")),
-            incoming = socket.next() => match incoming {
+            incoming = writer.socket.next() => match incoming {
                 None | Some(Err(_) | Ok(Message::Close(_))) => break None,
                 // Any traffic proves the client alive; clients send nothing else we act on.
                 Some(Ok(_)) => missed_pongs = 0,
             },
         }
-    };
-    drop(reg);
-    if let Some(message) = outcome {
-        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(message)).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
 }
 
 /// The socket task driven through channels (no network): what it writes, and when it stops.
@@ -218,24 +400,42 @@ mod tests {
         AppState::new(&crate::Config::from_env(&vars).unwrap()).unwrap()
     }
 
-    /// Starts the socket task for `bob`, expiring at `expires_at`; the outbox feeds it.
-    fn start(
+    /// Starts the socket task for `bob`, expiring at `expires_at`, resuming after `last_id`;
+    /// the outbox feeds it. No chat-service listens where the state says: a catch-up fails.
+    fn start_resuming(
         state: &AppState,
         expires_at: u64,
+        last_id: Option<MessageId>,
     ) -> (Arc<Outbox>, Client, tokio::task::JoinHandle<()>) {
         let (to_client, received) = mpsc::unbounded_channel();
         let (send, from_client) = mpsc::unbounded_channel();
-        let reg = state.hub.register("bob", "bob-id");
+        let reg = state.hub.register("bob");
         let outbox = reg.outbox.clone();
         let state = state.clone();
+        let session = Session {
+            token: "a-token".into(),
+            expires_at,
+            last_id,
+        };
         let task = tokio::spawn(async move {
             let socket = Channels {
                 to_client,
                 from_client,
             };
-            run_socket(socket, reg, expires_at, &state).await;
+            run_socket(socket, reg, session, &state).await;
         });
         (outbox, Client { received, send }, task)
+    }
+
+    fn start(
+        state: &AppState,
+        expires_at: u64,
+    ) -> (Arc<Outbox>, Client, tokio::task::JoinHandle<()>) {
+        start_resuming(state, expires_at, None)
+    }
+
+    fn id(n: u8) -> MessageId {
+        MessageId::from_bytes([n; 12])
     }
 
     async fn next(client: &mut Client) -> Message {
@@ -249,11 +449,15 @@ mod tests {
     async fn queued_frames_are_written_in_order_and_a_client_close_ends_the_task() {
         let state = state();
         let (outbox, mut client, task) = start(&state, now_secs() + 3600);
-        for frame in ["one", "two", "three"] {
-            assert!(outbox.push(frame.into()));
+        for (n, frame) in [(1, "one"), (2, "two"), (1, "one again"), (3, "three")] {
+            assert!(outbox.push(id(n), frame.into()));
         }
         for frame in ["one", "two", "three"] {
-            assert_eq!(next(&mut client).await, Message::Text(frame.into()));
+            assert_eq!(
+                next(&mut client).await,
+                Message::Text(frame.into()),
+                "each message once"
+            );
         }
         client.send.send(Ok(Message::Close(None))).unwrap();
         tokio::time::timeout(Duration::from_secs(5), task)
@@ -276,6 +480,35 @@ mod tests {
             next(&mut client).await,
             close(CLOSE_GOING_AWAY, "Server shutting down")
         );
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_that_cannot_be_read_closes_with_1013_so_the_client_resumes() {
+        // Nothing listens at the chat-service URL of a development configuration's port 1.
+        let vars = Vars(vec![
+            ("CHAT_DEV_MODE".to_owned(), "true".to_owned()),
+            ("JWT_SECRET".to_owned(), "s".repeat(40)),
+            (
+                "CHAT_SERVICE_URL".to_owned(),
+                "http://127.0.0.1:1".to_owned(),
+            ),
+        ]);
+        let state = AppState::new(&crate::Config::from_env(&vars).unwrap()).unwrap();
+        let expected = close(
+            CLOSE_TRY_AGAIN,
+            "Catch-up unavailable, reconnect with last_id",
+        );
+
+        // Resuming: at once.
+        let (_outbox, mut client, task) = start_resuming(&state, now_secs() + 3600, Some(id(7)));
+        assert_eq!(next(&mut client).await, expected);
+        task.await.unwrap();
+
+        // Open when this replica's events were interrupted: after its spread (under a second).
+        let (_outbox, mut client, task) = start(&state, now_secs() + 3600);
+        state.hub.events_interrupted();
+        assert_eq!(next(&mut client).await, expected);
         task.await.unwrap();
     }
 }

@@ -1,6 +1,6 @@
 //! websocket-service on its own, with no server anywhere: built by `App::build` in development
-//! mode (events from the in-process bus) next to an in-process auth-service, as `main` builds
-//! them, with a real WebSocket client.
+//! mode (events from the in-process bus) next to an in-process auth-service and chat-service
+//! (where sockets read their catch-up), as `main` builds them, with a real WebSocket client.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -14,7 +14,9 @@ const SECRET: &str = "service-test-secret-service-test-secret";
 
 struct Services {
     auth: SocketAddr,
+    chat: SocketAddr,
     websocket: SocketAddr,
+    hub: std::sync::Arc<websocket_service::hub::Hub>,
     bus: LocalBus,
     _dir: tempfile::TempDir,
     _stops: Vec<oneshot::Sender<()>>,
@@ -32,7 +34,9 @@ fn env(dir: &std::path::Path, extra: &[(&str, String)]) -> Vars<Vec<(String, Str
     Vars(vars)
 }
 
-async fn start() -> Services {
+/// The services; chat-service publishes to websocket-service's bus if `connected`, else to a
+/// bus of its own (its events then never reach a socket live).
+async fn start_with(connected: bool) -> Services {
     let dir = tempfile::tempdir().unwrap();
     let mut stops = Vec::new();
     let auth =
@@ -45,14 +49,27 @@ async fn start() -> Services {
         let _ = stopped.await;
     }));
     stops.push(stop);
-    let config = websocket_service::Config::from_env(&env(
+    let mut chat_config = chat_service::Config::from_env(&env(
         dir.path(),
         &[("AUTH_SERVICE_URL", format!("http://{auth_addr}"))],
     ))
     .unwrap();
+    let mut config = websocket_service::Config::from_env(&env(dir.path(), &[])).unwrap();
+    if connected {
+        chat_config.local_bus = config.local_bus.clone();
+    }
+    let chat = chat_service::App::build(&chat_config).await.unwrap();
+    let chat_addr = chat.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(chat.run(async move {
+        let _ = stopped.await;
+    }));
+    stops.push(stop);
+    config.chat_service_url = format!("http://{chat_addr}");
     let bus = config.local_bus.clone();
     let app = websocket_service::App::build(&config).await.unwrap();
     let websocket = app.local_addr();
+    let hub = app.hub();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run(async move {
         let _ = stopped.await;
@@ -68,7 +85,9 @@ async fn start() -> Services {
     }
     Services {
         auth: auth_addr,
+        chat: chat_addr,
         websocket,
+        hub,
         bus,
         _dir: dir,
         _stops: stops,
@@ -124,6 +143,10 @@ where
     }
 }
 
+async fn start() -> Services {
+    start_with(true).await
+}
+
 #[tokio::test]
 async fn an_event_reaches_the_recipients_socket_and_no_one_elses() {
     let services = start().await;
@@ -162,4 +185,111 @@ async fn a_bad_token_is_closed_with_4001() {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 4001),
         other => panic!("expected a 4001 close, got {other:?}"),
     }
+}
+
+impl Services {
+    /// Sends through chat-service; returns the message's `_id`.
+    async fn send(&self, token: &str, to: &str, content: &str) -> String {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/chat/send", self.chat))
+            .bearer_auth(token)
+            .json(&json!({"recipient": to, "content": content}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["data"]["_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn connect(
+        &self,
+        token: &str,
+        last_id: Option<&str>,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        let url = match last_id {
+            Some(id) => format!("ws://{}/?token={token}&last_id={id}", self.websocket),
+            None => format!("ws://{}/?token={token}", self.websocket),
+        };
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        // Sockets register right after the upgrade.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        socket
+    }
+}
+
+/// The contents of the message frames that arrive until the socket has been quiet for 500 ms.
+async fn drain<S>(socket: &mut S) -> Vec<String>
+where
+    S: futures_util::Stream<Item = tokio_tungstenite::tungstenite::Result<Message>> + Unpin,
+{
+    let mut contents = Vec::new();
+    while let Ok(Some(Ok(frame))) =
+        tokio::time::timeout(Duration::from_millis(500), socket.next()).await
+    {
+        if let Message::Text(text) = frame {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(frame["type"], "new_message", "{frame}");
+            contents.push(frame["content"].as_str().unwrap().to_owned());
+        }
+    }
+    contents
+}
+
+#[tokio::test]
+async fn a_client_resuming_with_last_id_gets_what_it_missed_then_live_ones_each_once() {
+    let services = start().await;
+    let alice = services.user("alice").await;
+    let bob = services.user("bob").await;
+    let mut socket = services.connect(&bob, None).await;
+    let first = services.send(&alice, "bob", "one").await;
+    assert_eq!(drain(&mut socket).await, ["one"]);
+    drop(socket);
+
+    services.send(&alice, "bob", "two").await;
+    services
+        .send(&bob, "alice", "three (from bob's other device)")
+        .await;
+    let mut socket = services.connect(&bob, Some(&first)).await;
+    services.send(&alice, "bob", "four").await;
+    assert_eq!(
+        drain(&mut socket).await,
+        ["two", "three (from bob's other device)", "four"],
+        "missed ones oldest first, then live, none twice, not the one it had"
+    );
+
+    // A malformed last_id is refused before the upgrade.
+    let url = format!("ws://{}/?token={bob}&last_id=nope", services.websocket);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn after_an_interruption_open_sockets_catch_up_from_the_store() {
+    // chat-service publishes where no socket listens: only a catch-up brings the messages.
+    let services = start_with(false).await;
+    let alice = services.user("alice").await;
+    let bob = services.user("bob").await;
+    let mut socket = services.connect(&bob, None).await;
+    services.send(&alice, "bob", "missed one").await;
+    services.send(&alice, "bob", "missed two").await;
+    assert!(drain(&mut socket).await.is_empty());
+    services.hub.events_interrupted();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.extend(drain(&mut socket).await);
+    }
+    assert_eq!(got, ["missed one", "missed two"]);
+    // Interrupted again: nothing new, nothing repeated.
+    services.hub.events_interrupted();
+    let mut again = Vec::new();
+    for _ in 0..4 {
+        again.extend(drain(&mut socket).await);
+    }
+    assert!(again.is_empty(), "{again:?}");
 }

@@ -93,6 +93,9 @@ pub(super) async fn consume(
                 tracing::info!(%queue, %exchange, "consuming events");
                 backoff.reset();
                 ready.store(true, Ordering::Release);
+                // Bound now; what was published before (while no queue of ours existed) is read
+                // from the store by each open socket.
+                hub.events_interrupted();
                 // Acks are cumulative (`multiple`): one per ACK_EVERY events, or as soon as the
                 // queue goes quiet, so each event costs no broker round trip of its own.
                 let mut unacked: Option<(lapin::Acker, u32)> = None;
@@ -109,7 +112,7 @@ pub(super) async fn consume(
                         }
                         next = consumer.next() => match next {
                             Some(Ok(delivery)) => {
-                                hub.handle(&delivery.data).await;
+                                hub.handle(&delivery.data);
                                 let count = unacked.take().map_or(1, |(_, n)| n + 1);
                                 if count >= ACK_EVERY {
                                     if !ack(&delivery.acker).await {

@@ -4,7 +4,10 @@
 //! to the fanout exchange, consumes it with manual acks and a prefetch window, and acks each event
 //! once it has been handed to the sockets. When the connection drops, the supervisor reconnects
 //! with backoff and declares a *fresh* queue (lapin's recovery would re-declare the old
-//! server-named queue, which the broker deleted). Open sockets keep being served meanwhile.
+//! server-named queue, which the broker deleted). Open sockets stay open meanwhile; what was
+//! published while no queue was bound (and what was prefetched but not yet handed over, lost with
+//! the old queue) never reaches this replica, so once the fresh queue is bound every open socket
+//! catches up from the store ([`Hub::events_interrupted`]).
 //!
 //! From the in-process bus (standalone stack): a subscription that never drops an event.
 
@@ -51,7 +54,7 @@ pub async fn run(
                     r = rx.recv() => r,
                 };
                 match received {
-                    Some(payload) => hub.handle(&payload).await,
+                    Some(payload) => hub.handle(&payload),
                     None => break,
                 }
             }
