@@ -128,7 +128,8 @@ impl Service {
             .env("BIND_ADDR", "127.0.0.1")
             .env("JWT_SECRET", SECRET)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            // The services log to stdout.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
@@ -513,6 +514,14 @@ struct Tally {
     closes: BTreeMap<u16, usize>,
 }
 
+/// Writes a fault test's figures to `target/debug/faults/<name>.json` (and to stderr).
+pub fn write_report(name: &str, report: &Value) {
+    let dir = bin_dir().join("faults");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.json")), report.to_string()).unwrap();
+    eprintln!("fault test {name}: {report}");
+}
+
 /// Where the world's services find their servers.
 pub struct Servers {
     /// A MongoDB URL without a database (each service gets its own).
@@ -680,6 +689,7 @@ impl World {
             .filter(|(_, n)| *n != 1)
             .collect();
         let t = self.tally(log);
+        let (republished, catch_up, interruptions) = self.server_counts().await;
         let report = json!({
             "fault": fault,
             "sent": log.attempted,
@@ -693,12 +703,12 @@ impl World {
             "repeats_on_one_socket": t.repeats,
             "repeats_across_reconnects (dropped by the client)": t.across,
             "connections": t.connections,
+            "republished_by_the_outbox": republished,
+            "read_by_socket_catch_ups": catch_up,
+            "event_queue_interruptions": interruptions,
             "closes": t.closes.iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
         });
-        let dir = bin_dir().join("faults");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("{fault}.json")), report.to_string()).unwrap();
-        eprintln!("fault test {fault}: {report}");
+        write_report(fault, &report);
         let logs = || {
             std::iter::once(&self.chat)
                 .chain(&self.ws)
@@ -747,6 +757,33 @@ impl World {
             }
         }
         t
+    }
+
+    /// From the services' own metrics (of the processes alive now): events the outbox
+    /// republished, messages sockets read by catch-ups, and event-queue interruptions.
+    async fn server_counts(&self) -> (f64, f64, f64) {
+        let text = |addr: SocketAddr| async move {
+            let response = reqwest::get(format!("http://{addr}/metrics")).await.ok()?;
+            response.text().await.ok()
+        };
+        let sample = |text: &Option<String>, name: &str| {
+            text.as_deref()
+                .and_then(|t| chat_common::metrics::sample(t, name))
+                .unwrap_or(0.0)
+        };
+        let chat = text(self.chat.addr()).await;
+        let mut catch_up = 0.0;
+        let mut interruptions = 0.0;
+        for ws in &self.ws {
+            let metrics = text(ws.addr()).await;
+            catch_up += sample(&metrics, "ws_catch_up_messages_total");
+            interruptions += sample(&metrics, "ws_event_interruptions_total");
+        }
+        (
+            sample(&chat, "chat_events_republished_total"),
+            catch_up,
+            interruptions,
+        )
     }
 
     /// Every message to or from the token's user, through `GET /chat/messages`.

@@ -721,7 +721,7 @@ async fn idempotency_keys_are_unique_per_sender_within_and_across_batches() {
 }
 
 /// Replicas sweeping the outbox together: every unpublished message is claimed by exactly one,
-/// and a lease still held is left alone (and reported as the next one due).
+/// and a lease still held is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sweeping_together_claim_each_message_once() {
     use std::collections::BTreeSet;
@@ -748,24 +748,34 @@ async fn replicas_sweeping_together_claim_each_message_once() {
                 .claim_unpublished(now, now + 60_000, 16)
                 .await
                 .unwrap();
-            if claimed.messages.is_empty() {
-                return (mine, claimed.next_due_ms);
+            if claimed.is_empty() {
+                return mine;
             }
-            mine.extend(claimed.messages.into_iter().map(|m| m.id));
+            mine.extend(claimed.into_iter().map(|m| m.id));
         }
     };
-    let ((a, due_a), (b, due_b)) = tokio::join!(sweep(one.clone()), sweep(two.clone()));
+    let (a, b) = tokio::join!(sweep(one.clone()), sweep(two.clone()));
     let a_set: BTreeSet<_> = a.iter().collect();
     let b_set: BTreeSet<_> = b.iter().collect();
     assert!(a_set.is_disjoint(&b_set), "a message claimed twice");
     assert_eq!(a.len() + b.len(), left.len(), "every message claimed");
     assert!(!a.contains(&held[0].id) && !b.contains(&held[0].id));
-    assert_eq!(due_a.or(due_b), Some(held_until));
+    // Once its lease runs out, it is due.
+    let after = held_until + 1;
+    let late = one
+        .claim_unpublished(after, after + 60_000, 16)
+        .await
+        .unwrap();
+    assert_eq!(late.iter().map(|m| m.id).collect::<Vec<_>>(), [held[0].id]);
 
     // Cleared, a message is never claimed again.
     let all: Vec<_> = left.iter().chain(&held).map(|m| m.id).collect();
     one.mark_published(&all).await.unwrap();
     let far = now_millis() + 3_600_000;
-    let claimed = one.claim_unpublished(far, far, 1000).await.unwrap();
-    assert!(claimed.messages.is_empty() && claimed.next_due_ms.is_none());
+    assert!(
+        one.claim_unpublished(far, far, 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -126,9 +126,11 @@ async fn c_database_killed_and_restarted() {
         ready_again <= Duration::from_secs(5),
         "ready {ready_again:?} after the restart"
     );
-    eprintln!(
-        "c: readiness false {not_ready:?} after the kill, true {ready_again:?} after the restart"
-    );
+    let figures = serde_json::json!({
+        "not_ready_after_kill_ms": not_ready.as_millis(),
+        "ready_after_restart_ms": ready_again.as_millis(),
+    });
+    e2e_tests::faults::write_report("c-readiness", &figures);
 }
 
 /// (d) One of two websocket-service replicas killed; its clients reconnect to the other.

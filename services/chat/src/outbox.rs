@@ -9,10 +9,11 @@
 //! conditional update (so replicas sweeping together never take the same message), publishes
 //! them, oldest first, and clears them once confirmed.
 //!
-//! When it sweeps: at start (a previous run may have died mid-publish), soon after one of its
-//! own publishes failed, when the last sweep found a lease about to run out, and otherwise every
-//! `OUTBOX_INTERVAL` (default 10 s), which bounds how long a message left by a replica that
-//! never came back waits. An event may thus be published twice (a confirm lost, a lease run
+//! When it sweeps: at start (a previous run may have died mid-publish), when the lease of one of
+//! its own failed publishes runs out, again at once while sweeps come back full, and otherwise
+//! every `OUTBOX_INTERVAL` (default 10 s), which bounds how long a message left by a replica that
+//! never came back waits. Nothing else: while publishes succeed, a replica reads the outbox once
+//! per interval. Clears and claims are not durable writes of their own (a lost one is a repeat). An event may thus be published twice (a confirm lost, a lease run
 //! out mid-publish): consumers drop repeats by `_id`.
 
 use std::{
@@ -149,7 +150,12 @@ async fn sweep(outbox: Weak<Inner>, wake: Arc<Notify>, interval: Duration) {
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next.into()) => {}
-            () = wake.notified() => {}
+            () = wake.notified() => {
+                // One of our publishes failed: its message is due when its lease runs out.
+                let Some(inner) = outbox.upgrade() else { return };
+                next = next.min(Instant::now() + inner.lease + Duration::from_millis(10));
+                continue;
+            }
         }
         let Some(inner) = outbox.upgrade() else {
             return;
@@ -173,10 +179,9 @@ async fn sweep(outbox: Weak<Inner>, wake: Arc<Notify>, interval: Duration) {
                 continue;
             }
         };
-        let full = claimed.messages.len() == BATCH;
+        let full = claimed.len() == BATCH;
         let results = futures_util::future::join_all(
             claimed
-                .messages
                 .iter()
                 .map(|m| async { (m.id, inner.publish(m).await) }),
         )
@@ -199,19 +204,15 @@ async fn sweep(outbox: Weak<Inner>, wake: Arc<Notify>, interval: Duration) {
                 tracing::warn!(error = %e, "cannot clear outbox markers after republishing");
             }
         }
-        let now_instant = Instant::now();
         next = if failed {
-            now_instant + backoff.next_delay()
+            // Leased again to us: due once more when that lease runs out.
+            Instant::now() + backoff.next_delay().max(inner.lease)
         } else if full {
             backoff.reset();
-            now_instant
+            Instant::now()
         } else {
             backoff.reset();
-            let due_in = claimed.next_due_ms.map_or(interval, |due| {
-                Duration::from_millis(u64::try_from(due - now_millis()).unwrap_or(0))
-            });
-            // A little after the lease runs out, so that the message is due when read.
-            now_instant + due_in.min(interval) + Duration::from_millis(10)
+            Instant::now() + interval
         };
     }
 }
@@ -285,12 +286,7 @@ mod tests {
         // Everything still marked, whatever its lease: claimed as if far in the future, and left
         // due at once (a lease that ran out in 1970).
         let far = now_millis() + 3_600_000;
-        store
-            .claim_unpublished(far, 0, 10_000)
-            .await
-            .unwrap()
-            .messages
-            .len()
+        store.claim_unpublished(far, 0, 10_000).await.unwrap().len()
     }
 
     #[tokio::test]

@@ -291,7 +291,10 @@ where
         // The client has `last`; everything after it (and what may have landed just before it)
         // comes first, oldest first.
         writer.sent.insert(last);
-        if let Err(stop) = catch_up(&mut writer, reg, session, last.minus(margin), state).await {
+        // Boxed, here and below: the catch-up's state (an HTTP request) lives on the heap only
+        // while it runs, not in every idle socket's task.
+        let from = last.minus(margin);
+        if let Err(stop) = Box::pin(catch_up(&mut writer, reg, session, from, state)).await {
             return stop;
         }
     }
@@ -316,7 +319,7 @@ where
             () = &mut catch_up_at, if catch_up_due => {
                 catch_up_due = false;
                 let from = writer.cursor.minus(margin);
-                if let Err(stop) = catch_up(&mut writer, reg, session, from, state).await {
+                if let Err(stop) = Box::pin(catch_up(&mut writer, reg, session, from, state)).await {
                     break stop;
                 }
             }

@@ -12,7 +12,7 @@ use bson::oid::ObjectId;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Claimed, Inserted, Message, MessageStore, Page, StoreError};
+use super::{Inserted, Message, MessageStore, Page, StoreError};
 
 /// (conversation key, 12 ObjectId bytes) -> JSON body
 const MESSAGES: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("messages");
@@ -304,7 +304,10 @@ impl MessageStore for EmbeddedMessageStore {
         }
         let ids: Vec<[u8; 12]> = ids.iter().map(ObjectId::bytes).collect();
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
+            let mut txn = db.begin_write().map_err(unavailable)?;
+            // A clear lost in a crash only means a repeat: no flush to disk of its own.
+            txn.set_durability(redb::Durability::None)
+                .map_err(unavailable)?;
             {
                 let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
                 for id in &ids {
@@ -321,26 +324,28 @@ impl MessageStore for EmbeddedMessageStore {
         now_ms: i64,
         lease_until_ms: i64,
         limit: usize,
-    ) -> Result<Claimed, StoreError> {
+    ) -> Result<Vec<Message>, StoreError> {
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
-            let mut claimed = Claimed::default();
+            let mut txn = db.begin_write().map_err(unavailable)?;
+            // A lease lost in a crash is taken again by the next sweep.
+            txn.set_durability(redb::Durability::None)
+                .map_err(unavailable)?;
+            let mut claimed = Vec::new();
             {
                 let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
                 let table = txn.open_table(MESSAGES).map_err(unavailable)?;
-                // Ids in id order: oldest first.
-                let mut due: Vec<(Vec<u8>, String)> = Vec::new();
+                // The outbox holds only unconfirmed messages (a handful): read whole, in id order.
+                let mut due: Vec<(i64, Vec<u8>, String)> = Vec::new();
                 for entry in outbox.iter().map_err(unavailable)? {
                     let (id, value) = entry.map_err(unavailable)?;
                     let (lease, conversation) = value.value();
-                    if lease > now_ms {
-                        claimed.next_due_ms =
-                            Some(claimed.next_due_ms.map_or(lease, |d: i64| d.min(lease)));
-                    } else if due.len() < limit {
-                        due.push((id.value().to_vec(), conversation.to_owned()));
+                    if lease <= now_ms {
+                        due.push((lease, id.value().to_vec(), conversation.to_owned()));
                     }
                 }
-                for (id, conversation) in due {
+                due.sort_by_key(|(lease, _, _)| *lease);
+                due.truncate(limit);
+                for (_, id, conversation) in due {
                     outbox
                         .insert(id.as_slice(), (lease_until_ms, conversation.as_str()))
                         .map_err(unavailable)?;
@@ -348,7 +353,7 @@ impl MessageStore for EmbeddedMessageStore {
                         .get((conversation.as_str(), id.as_slice()))
                         .map_err(unavailable)?;
                     if let Some(body) = body {
-                        claimed.messages.push(decode(&id, body.value())?);
+                        claimed.push(decode(&id, body.value())?);
                     } else {
                         // Nothing to publish (cannot happen: both written in one transaction).
                         outbox.remove(id.as_slice()).map_err(unavailable)?;

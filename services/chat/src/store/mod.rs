@@ -63,15 +63,6 @@ pub enum Inserted {
     DuplicateKey,
 }
 
-/// Messages claimed for republishing, and when to look again.
-#[derive(Debug, Default)]
-pub struct Claimed {
-    /// Unpublished messages whose lease had run out, now leased to the caller, oldest first.
-    pub messages: Vec<Message>,
-    /// The earliest lease among the unpublished messages left (still held by someone), if any.
-    pub next_due_ms: Option<i64>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("message store unavailable: {0}")]
@@ -109,18 +100,20 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
 
-    /// Clears the outbox marker of messages whose event the broker confirmed.
+    /// Clears the outbox marker of messages whose event the broker confirmed. Not durable by
+    /// itself: a clear lost in a crash only means the event is published again.
     async fn mark_published(&self, ids: &[ObjectId]) -> Result<(), StoreError>;
 
     /// Leases to the caller, until `lease_until_ms`, at most `limit` unpublished messages whose
-    /// lease ran out by `now_ms`, oldest first. A message is claimed by one caller only: the
-    /// lease is taken with a conditional update, so replicas sweeping together share the work.
+    /// lease ran out by `now_ms`, oldest lease first. A message is claimed by one caller only:
+    /// the lease is taken with a conditional update, so replicas sweeping together share the
+    /// work.
     async fn claim_unpublished(
         &self,
         now_ms: i64,
         lease_until_ms: i64,
         limit: usize,
-    ) -> Result<Claimed, StoreError>;
+    ) -> Result<Vec<Message>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 }

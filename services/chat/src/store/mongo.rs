@@ -10,10 +10,12 @@
 //!
 //! A user's catch-up ([`MessageStore::for_user`]) is likewise two bounded scans sent together,
 //! on `{recipient: 1, _id: 1}` and `{sender: 1, _id: 1}`, merged. The outbox marker is the field
-//! `outbox` (a date: the lease), present only while the event is unconfirmed and indexed by a
-//! partial index that holds only those, so a sweep reads the few unpublished messages, never
-//! the collection; the idempotency key is `idempotencyKey`, unique per sender through a partial
-//! unique index (messages without a key are not in it).
+//! `outbox` (a date: the lease), present only while the event is unconfirmed, in a sparse index
+//! `{outbox: 1}` that holds only those documents (for one field, the same set as a partial index
+//! on `{outbox: {$exists: true}}`, which the test server does not use), so a sweep,
+//! `find({outbox: {$lte: now}}).sort({outbox: 1}).limit(n)`, reads the few due messages and
+//! never the collection. The idempotency key is `idempotencyKey`, unique per sender through a
+//! partial unique index (messages without a key are not in it).
 //!
 //! The MongoDB-compatible server the tests use (secantusdb) sorts the whole matching index
 //! range before it applies the limit, so there a page costs time in proportion to the
@@ -31,7 +33,7 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Claimed, Inserted, Message, MessageStore, Page, StoreError};
+use super::{Inserted, Message, MessageStore, Page, StoreError};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct MessageDoc {
@@ -308,10 +310,12 @@ impl MessageStore for MongoMessageStore {
             .iter()
             .map(|id| doc! { "q": { "_id": id }, "u": { "$unset": { "outbox": "" } } })
             .collect();
+        // A clear lost in a crash only means a repeat: no need to wait for the journal.
         let command = doc! {
             "update": self.messages.name(),
             "updates": updates,
             "ordered": false,
+            "writeConcern": { "w": 1, "j": false },
         };
         let reply = self.timed(self.db.run_command(command)).await?;
         match reply.get_array("writeErrors") {
@@ -328,13 +332,14 @@ impl MessageStore for MongoMessageStore {
         now_ms: i64,
         lease_until_ms: i64,
         limit: usize,
-    ) -> Result<Claimed, StoreError> {
+    ) -> Result<Vec<Message>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let messages = &self.messages;
-        let pending: Vec<MessageDoc> = self
+        let now = DateTime::from_millis(now_ms);
+        let due: Vec<MessageDoc> = self
             .timed(async move {
                 let mut cursor = messages
-                    .find(doc! { "outbox": { "$exists": true } })
+                    .find(doc! { "outbox": { "$lte": now } })
                     .sort(doc! { "outbox": 1 })
                     .limit(limit)
                     .await?;
@@ -345,34 +350,24 @@ impl MessageStore for MongoMessageStore {
                 Ok(out)
             })
             .await?;
-        let mut claimed = Claimed::default();
-        let lease = DateTime::from_millis(lease_until_ms);
-        let mut due = Vec::new();
-        for doc in pending {
-            match doc.outbox {
-                Some(held) if held.timestamp_millis() > now_ms => {
-                    claimed.next_due_ms = Some(held.timestamp_millis());
-                    break;
-                }
-                Some(held) => due.push((doc, held)),
-                None => {}
-            }
-        }
         // Each lease is taken only if nobody took it since the read: of replicas sweeping at
         // once, one wins each message.
-        let takes = due.into_iter().map(|(doc, held)| async move {
-            let taken = self
-                .timed(self.messages.update_one(
-                    doc! { "_id": doc.id, "outbox": held },
-                    doc! { "$set": { "outbox": lease } },
-                ))
-                .await?;
-            Ok::<_, StoreError>((taken.modified_count == 1).then(|| Message::from(doc)))
+        let lease = DateTime::from_millis(lease_until_ms);
+        let takes = due.into_iter().filter_map(|doc| {
+            let held = doc.outbox?;
+            Some(async move {
+                let taken = self
+                    .timed(self.messages.update_one(
+                        doc! { "_id": doc.id, "outbox": held },
+                        doc! { "$set": { "outbox": lease } },
+                    ))
+                    .await?;
+                Ok::<_, StoreError>((taken.modified_count == 1).then(|| Message::from(doc)))
+            })
         });
+        let mut claimed = Vec::new();
         for taken in futures_util::future::join_all(takes).await {
-            if let Some(message) = taken? {
-                claimed.messages.push(message);
-            }
+            claimed.extend(taken?);
         }
         Ok(claimed)
     }
