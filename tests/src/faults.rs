@@ -59,6 +59,14 @@ fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid}");
 }
 
+/// SIGKILLs the process, if running, and reaps it.
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        signal(child.id(), "KILL");
+        let _ = child.wait();
+    }
+}
+
 /// The directory cargo put this test binary's workspace binaries in (`target/debug`).
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -143,10 +151,7 @@ impl Service {
 
     /// SIGKILL: no shutdown, nothing flushed.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "KILL");
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     pub async fn restart(&mut self) {
@@ -308,11 +313,9 @@ impl MongoServer {
         format!("mongodb://127.0.0.1:{}/{database}", self.port)
     }
 
+    /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "KILL");
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     pub async fn restart(&mut self) {

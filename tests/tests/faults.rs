@@ -17,18 +17,25 @@ fn shared_servers() -> Servers {
     }
 }
 
-const FAULT_AT: Duration = Duration::from_secs(3);
-
-/// (a) RabbitMQ stopped for 3 s and started again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rabbitmq_stopped_and_started() {
-    let _serial = SERIAL.lock().await;
+/// A RabbitMQ node of the test's own (it is stopped or has connections closed) and the world
+/// on it.
+async fn with_own_rabbitmq() -> (RabbitNode, World) {
     let rabbit = RabbitNode::start().await;
     let servers = Servers {
         rabbitmq: rabbit.url.clone(),
         ..shared_servers()
     };
     let world = World::start(&servers, 1).await;
+    (rabbit, world)
+}
+
+const FAULT_AT: Duration = Duration::from_secs(3);
+
+/// (a) RabbitMQ stopped for 3 s and started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rabbitmq_stopped_and_started() {
+    let _serial = SERIAL.lock().await;
+    let (rabbit, world) = with_own_rabbitmq().await;
     let load = world.start_load("rabbitmq-restart");
     tokio::time::sleep(FAULT_AT).await;
     rabbit.ctl(&["stop_app"]);
@@ -42,12 +49,7 @@ async fn a_rabbitmq_stopped_and_started() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn b_websocket_service_connections_closed() {
     let _serial = SERIAL.lock().await;
-    let rabbit = RabbitNode::start().await;
-    let servers = Servers {
-        rabbitmq: rabbit.url.clone(),
-        ..shared_servers()
-    };
-    let world = World::start(&servers, 1).await;
+    let (rabbit, world) = with_own_rabbitmq().await;
     let load = world.start_load("ws-connection-closed");
     tokio::time::sleep(FAULT_AT).await;
     let closed = rabbit.close_connections_of("websocket-service");
