@@ -277,7 +277,9 @@ where
     let spread = Duration::from_millis(reg.spread() % 1000);
     let catch_up_at = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(catch_up_at);
-    let mut catch_up_due = false;
+    // Where a pending catch-up starts: the newest id sent *before* the interruption. Live frames
+    // from the fresh queue may arrive while the catch-up waits its turn; they must not move it.
+    let mut catch_up_from: Option<MessageId> = None;
 
     let mut writer = Writer {
         socket,
@@ -313,12 +315,12 @@ where
                 if changed.is_err() {
                     continue;
                 }
-                catch_up_due = true;
+                let before = writer.cursor;
+                catch_up_from = Some(catch_up_from.map_or(before, |from| from.min(before)));
                 catch_up_at.as_mut().reset(tokio::time::Instant::now() + spread);
             }
-            () = &mut catch_up_at, if catch_up_due => {
-                catch_up_due = false;
-                let from = writer.cursor.minus(margin);
+            () = &mut catch_up_at, if catch_up_from.is_some() => {
+                let from = catch_up_from.take().unwrap_or(writer.cursor).minus(margin);
                 if let Err(stop) = Box::pin(catch_up(&mut writer, reg, session, from, state)).await {
                     break stop;
                 }
