@@ -189,6 +189,7 @@ pub struct RabbitNode {
     pub node: String,
     pub port: u16,
     pub url: String,
+    dir: PathBuf,
 }
 
 impl RabbitNode {
@@ -220,6 +221,7 @@ impl RabbitNode {
             url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
             node,
             port,
+            dir,
         }
     }
 
@@ -269,6 +271,8 @@ impl Drop for RabbitNode {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        // Its data and logs (megabytes a node) go with it.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -327,6 +331,7 @@ impl MongoServer {
 impl Drop for MongoServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
