@@ -47,22 +47,22 @@ pub async fn wait_port(port: u16, what: &str, within: Duration) {
 fn scratch(prefix: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(chat_common::testing::unique_name(prefix));
     std::fs::create_dir_all(&dir).unwrap();
-    let _ = Command::new("chmod").arg("777").arg(&dir).status();
+    let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777));
     dir
 }
 
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
+/// Sends SIGSTOP or SIGCONT (through the shell's own `kill`, so no procps is needed).
+fn signal(pid: u32, signal: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("kill -{signal} {pid}")])
         .status()
-        .expect("kill(1)");
-    assert!(status.success(), "kill -{signal} {pid}");
+        .is_ok_and(|s| s.success())
 }
 
 /// SIGKILLs the process, if running, and reaps it.
 fn kill(child: &mut Option<Child>) {
     if let Some(mut child) = child.take() {
-        signal(child.id(), "KILL");
+        child.kill().expect("SIGKILL");
         let _ = child.wait();
     }
 }
@@ -162,7 +162,8 @@ impl Service {
     /// SIGSTOP / SIGCONT: the process is there, and answers nothing.
     pub fn pause(&self, paused: bool) {
         let child = self.child.as_ref().expect("running");
-        signal(child.id(), if paused { "STOP" } else { "CONT" });
+        let sent = signal(child.id(), if paused { "STOP" } else { "CONT" });
+        assert!(sent, "cannot signal {}", self.name);
     }
 
     /// The service's log, for a failure message.
@@ -175,10 +176,9 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        // A paused process cannot be reaped until it runs again.
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
+            signal(child.id(), "CONT");
         }
         self.kill();
     }
@@ -187,7 +187,6 @@ impl Drop for Service {
 /// A RabbitMQ node of the test's own, on its own ports and files.
 pub struct RabbitNode {
     pub node: String,
-    pub port: u16,
     pub url: String,
     dir: PathBuf,
 }
@@ -220,7 +219,6 @@ impl RabbitNode {
         Self {
             url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
             node,
-            port,
             dir,
         }
     }
@@ -278,7 +276,7 @@ impl Drop for RabbitNode {
 
 /// A MongoDB-compatible server of the test's own, keeping its data on disk across restarts.
 pub struct MongoServer {
-    pub port: u16,
+    port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -313,8 +311,9 @@ impl MongoServer {
         wait_port(self.port, "secantus", Duration::from_secs(60)).await;
     }
 
-    pub fn url(&self, database: &str) -> String {
-        format!("mongodb://127.0.0.1:{}/{database}", self.port)
+    /// Its URL, without a database (each service names its own).
+    pub fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL, as a crash would.
@@ -598,23 +597,9 @@ impl World {
         let http = reqwest::Client::new();
         let mut tokens = Vec::new();
         for name in ["sender1", "sender2", "recipient1", "recipient2"] {
-            let creds = json!({"username": name, "password": "password-123"});
-            let url = format!("http://{}/auth/register", auth.addr());
-            assert_eq!(
-                http.post(url).json(&creds).send().await.unwrap().status(),
-                201
-            );
-            let url = format!("http://{}/auth/login", auth.addr());
-            let body: Value = http
-                .post(url)
-                .json(&creds)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            tokens.push((name.to_owned(), body["token"].as_str().unwrap().to_owned()));
+            let (_, token) =
+                chat_common::testing::register_and_login(&http, auth.addr(), name).await;
+            tokens.push((name.to_owned(), token));
         }
         let recipient_tokens = tokens.split_off(2);
         let replicas: Vec<SocketAddr> = ws.iter().map(Service::addr).collect();

@@ -175,17 +175,7 @@ impl Stack {
 
     /// Registers and logs in `username`; returns (id, token).
     pub async fn user(&self, username: &str) -> (String, String) {
-        let body = json!({ "username": username, "password": "password-123" });
-        let (s, reg) = self
-            .post(self.auth.addr, "/auth/register", None, &body)
-            .await;
-        assert_eq!(s, 201, "{reg}");
-        let (s, login) = self.post(self.auth.addr, "/auth/login", None, &body).await;
-        assert_eq!(s, 200, "{login}");
-        (
-            reg["id"].as_str().unwrap().to_owned(),
-            login["token"].as_str().unwrap().to_owned(),
-        )
+        testing::register_and_login(&self.http, self.auth.addr, username).await
     }
 
     pub async fn post(

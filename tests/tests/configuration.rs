@@ -27,12 +27,17 @@ fn read_by<C>(from_env: impl FnOnce(&Vars<Source>) -> Result<C, ConfigError>) ->
 /// Read only in a mode the recording environment does not enable (Ed25519 tokens).
 const CONDITIONAL: [&str; 1] = ["JWT_KEY_ID"];
 
+/// The repository's top folder (this crate is `tests/`).
+fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("..")
+}
+
 /// The table: for each service column word, the variables whose row names it.
 fn table() -> BTreeMap<String, BTreeSet<String>> {
-    let root = std::path::PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
-    let readme = std::fs::read_to_string(root.join("../README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let section = readme
         .split("\n## Configuration: every environment variable\n")
         .nth(1)

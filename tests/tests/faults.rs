@@ -65,7 +65,7 @@ async fn c_database_killed_and_restarted() {
     let _serial = SERIAL.lock().await;
     let mut mongo = MongoServer::start().await;
     let servers = Servers {
-        mongodb: format!("mongodb://127.0.0.1:{}", mongo.port),
+        mongodb: mongo.url(),
         ..shared_servers()
     };
     let world = World::start(&servers, 1).await;

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use chat_common::{bus::LocalBus, config::Vars};
+use chat_common::{bus::LocalBus, config::Vars, testing};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -20,15 +20,7 @@ struct Services {
 }
 
 fn env(dir: &std::path::Path, extra: &[(&str, String)]) -> Vars<Vec<(String, String)>> {
-    let mut vars = vec![
-        ("CHAT_DEV_MODE".to_owned(), "true".to_owned()),
-        ("JWT_SECRET".to_owned(), SECRET.to_owned()),
-        ("BIND_ADDR".to_owned(), "127.0.0.1".to_owned()),
-        ("PORT".to_owned(), "0".to_owned()),
-        ("DATA_DIR".to_owned(), dir.display().to_string()),
-    ];
-    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-    Vars(vars)
+    testing::dev_env(dir, SECRET, extra)
 }
 
 async fn start() -> Services {
@@ -75,13 +67,9 @@ impl Services {
 
     /// Registers and logs in `name`; returns the token.
     async fn user(&self, name: &str) -> String {
-        let creds = json!({"username": name, "password": "password-123"});
-        let url = format!("http://{}/auth/register", self.auth);
-        assert_eq!(self.call(self.http.post(url).json(&creds)).await.0, 201);
-        let url = format!("http://{}/auth/login", self.auth);
-        let (status, body) = self.call(self.http.post(url).json(&creds)).await;
-        assert_eq!(status, 200, "{body}");
-        body["token"].as_str().unwrap().to_owned()
+        testing::register_and_login(&self.http, self.auth, name)
+            .await
+            .1
     }
 
     async fn send(&self, token: Option<&str>, body: &Value) -> (u16, Value) {

@@ -33,14 +33,27 @@ impl LocalBus {
     /// Hands `payload` to every current subscriber (none is fine, as for an exchange without
     /// queues); returns once each has it queued. A subscriber that went away is forgotten.
     pub async fn publish(&self, payload: Payload) {
-        let subscribers = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        // Queued at once where there is room (no allocation, the lock held briefly); only a
+        // subscriber whose queue is full is waited for, outside the lock.
+        let mut full = Vec::new();
         let mut gone = false;
-        for subscriber in &subscribers {
-            gone |= subscriber.send(payload.clone()).await.is_err();
+        {
+            let subscribers = self
+                .subscribers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for subscriber in subscribers.iter() {
+                match subscriber.try_send(payload.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(payload)) => {
+                        full.push((subscriber.clone(), payload));
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => gone = true,
+                }
+            }
+        }
+        for (subscriber, payload) in full {
+            gone |= subscriber.send(payload).await.is_err();
         }
         if gone {
             self.subscribers

@@ -91,6 +91,47 @@ pub async fn read_json(r: reqwest::Response) -> (u16, serde_json::Value) {
     (status, body)
 }
 
+/// Registers `username` (password `password-123`) at the auth-service on `auth` and logs in:
+/// `(id, token)`. Panics unless both succeed.
+pub async fn register_and_login(
+    http: &reqwest::Client,
+    auth: std::net::SocketAddr,
+    username: &str,
+) -> (String, String) {
+    let creds = serde_json::json!({ "username": username, "password": "password-123" });
+    let post = |path: &str| {
+        http.post(format!("http://{auth}{path}"))
+            .json(&creds)
+            .send()
+    };
+    let (status, registered) = read_json(post("/auth/register").await.expect("register")).await;
+    assert_eq!(status, 201, "registering {username}: {registered}");
+    let (status, login) = read_json(post("/auth/login").await.expect("login")).await;
+    assert_eq!(status, 200, "logging {username} in: {login}");
+    (
+        registered["id"].as_str().expect("an id").to_owned(),
+        login["token"].as_str().expect("a token").to_owned(),
+    )
+}
+
+/// A development-mode environment for a service under test, listening on a free loopback
+/// port with its files in `dir`, plus `extra`.
+pub fn dev_env(
+    dir: &std::path::Path,
+    secret: &str,
+    extra: &[(&str, String)],
+) -> crate::config::Vars<Vec<(String, String)>> {
+    let mut vars = vec![
+        ("CHAT_DEV_MODE".to_owned(), "true".to_owned()),
+        ("JWT_SECRET".to_owned(), secret.to_owned()),
+        ("BIND_ADDR".to_owned(), "127.0.0.1".to_owned()),
+        ("PORT".to_owned(), "0".to_owned()),
+        ("DATA_DIR".to_owned(), dir.display().to_string()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    crate::config::Vars(vars)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

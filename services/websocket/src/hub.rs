@@ -22,7 +22,7 @@ use std::{
 
 use axum::extract::ws::Utf8Bytes;
 use chat_common::{
-    event::{Event, Frame, NEW_MESSAGE},
+    event::{Event, Frame, MessageView, NEW_MESSAGE},
     time::{now_millis, parse_rfc3339_millis},
 };
 use tokio::sync::watch;
@@ -55,10 +55,6 @@ pub struct Registration {
 }
 
 impl Registration {
-    pub fn username(&self) -> &str {
-        &self.username
-    }
-
     /// A number that differs from socket to socket, to spread their work over time.
     pub fn spread(&self) -> u64 {
         self.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
@@ -156,10 +152,16 @@ impl Hub {
         self.read().values().map(Vec::len).sum()
     }
 
-    /// Queues `frame` on every socket of `username`; a socket whose queue is full is marked
-    /// dropped (its task closes it with 1008, and the client resumes). Returns how many sockets
-    /// got it.
-    fn deliver(&self, username: &str, id: MessageId, frame: &Utf8Bytes) -> usize {
+    /// Queues the event's frame (built once, on the first socket found, into `frame`) on every
+    /// socket of `username`; a socket whose queue is full is marked dropped (its task closes it
+    /// with 1008, and the client resumes). Returns how many sockets got it.
+    fn deliver(
+        &self,
+        username: &str,
+        id: MessageId,
+        message: &MessageView,
+        frame: &mut Option<Utf8Bytes>,
+    ) -> usize {
         let mut delivered = 0;
         let mut slow = Vec::new();
         {
@@ -167,6 +169,11 @@ impl Hub {
             let Some(list) = conns.get(username) else {
                 return 0;
             };
+            let frame = frame.get_or_insert_with(|| {
+                serde_json::to_string(&Frame::from(message))
+                    .expect("a frame always serialises")
+                    .into()
+            });
             for c in list {
                 if c.outbox.push(id, frame.clone()) {
                     delivered += 1;
@@ -215,15 +222,7 @@ impl Hub {
         // The recipient's sockets, then the sender's other devices.
         let sender_differs = m.sender != m.recipient;
         for name in std::iter::once(&m.recipient).chain(sender_differs.then_some(&m.sender)) {
-            if !self.read().contains_key(name.as_str()) {
-                continue;
-            }
-            let frame = frame.get_or_insert_with(|| {
-                serde_json::to_string(&Frame::from(m))
-                    .expect("a frame always serialises")
-                    .into()
-            });
-            delivered += self.deliver(name, id, frame);
+            delivered += self.deliver(name, id, m, &mut frame);
         }
         if delivered > 0 {
             self.metrics

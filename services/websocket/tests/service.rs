@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use chat_common::{bus::LocalBus, config::Vars};
+use chat_common::{bus::LocalBus, config::Vars, testing};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -23,15 +23,7 @@ struct Services {
 }
 
 fn env(dir: &std::path::Path, extra: &[(&str, String)]) -> Vars<Vec<(String, String)>> {
-    let mut vars = vec![
-        ("CHAT_DEV_MODE".to_owned(), "true".to_owned()),
-        ("JWT_SECRET".to_owned(), SECRET.to_owned()),
-        ("BIND_ADDR".to_owned(), "127.0.0.1".to_owned()),
-        ("PORT".to_owned(), "0".to_owned()),
-        ("DATA_DIR".to_owned(), dir.display().to_string()),
-    ];
-    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-    Vars(vars)
+    testing::dev_env(dir, SECRET, extra)
 }
 
 /// The services; chat-service publishes to websocket-service's bus if `connected`, else to a
@@ -97,24 +89,9 @@ async fn start_with(connected: bool) -> Services {
 impl Services {
     /// Registers and logs in `name`; returns the token.
     async fn user(&self, name: &str) -> String {
-        let http = reqwest::Client::new();
-        let creds = json!({"username": name, "password": "password-123"});
-        let url = format!("http://{}/auth/register", self.auth);
-        assert_eq!(
-            http.post(url).json(&creds).send().await.unwrap().status(),
-            201
-        );
-        let url = format!("http://{}/auth/login", self.auth);
-        let body: Value = http
-            .post(url)
-            .json(&creds)
-            .send()
+        testing::register_and_login(&reqwest::Client::new(), self.auth, name)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["token"].as_str().unwrap().to_owned()
+            .1
     }
 }
 
