@@ -282,6 +282,12 @@ pub struct IngressSpec {
     /// E.g. the controller's WebSocket timeouts (see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// The ingress controller's pod network(s) (CIDR, e.g. `10.244.0.0/16`): the services
+    /// believe `X-Forwarded-For` from these addresses only, so throttles key on the real client
+    /// (set as the services' `TRUSTED_PROXIES`). Without it every client behind the ingress
+    /// shares the controller's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// Token signing.

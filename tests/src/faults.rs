@@ -131,6 +131,7 @@ impl Service {
             .open(&self.log)
             .unwrap();
         let child = Command::new(bin)
+            .envs(chat_common::testing::LOAD_TEST_LIMITS.iter().copied())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PORT", self.port.to_string())
             .env("BIND_ADDR", "127.0.0.1")

@@ -30,6 +30,11 @@ fn vars(extra: &[(&str, String)]) -> Vars<Vec<(String, String)>> {
         ("JWT_SECRET".to_owned(), SECRET.to_owned()),
         ("DB_TIMEOUT".to_owned(), "3s".to_owned()),
     ];
+    v.extend(
+        testing::LOAD_TEST_LIMITS
+            .iter()
+            .map(|(k, val)| ((*k).to_owned(), (*val).to_owned())),
+    );
     v.extend(extra.iter().map(|(k, val)| ((*k).to_owned(), val.clone())));
     Vars(v)
 }

@@ -801,7 +801,12 @@ fn prometheus_scrapes_every_service_rabbitmq_and_itself() {
 
     let mut expected: BTreeSet<String> = SERVICES
         .iter()
-        .map(|name| format!("{name}:{}", environment(service(&compose, name))["PORT"]))
+        .map(|name| {
+            // Each service serves /metrics on its METRICS_PORT (its API port otherwise).
+            let env = environment(service(&compose, name));
+            let port = env.get("METRICS_PORT").unwrap_or(&env["PORT"]);
+            format!("{name}:{port}")
+        })
         .collect();
     expected.insert(format!("rabbitmq:{RABBITMQ_METRICS_PORT}"));
     expected.insert(format!("localhost:{own_port}"));

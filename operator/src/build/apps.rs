@@ -21,6 +21,10 @@ use crate::plan::{App, Component, Plan, Store};
 
 /// The non-root user the services' images run as (distroless `nonroot`).
 pub const SERVICE_UID: i64 = 65532;
+/// The port every service serves `/metrics` on (`METRICS_PORT`), apart from its API port so
+/// the ingress, which routes to the API port only, never exposes it.
+pub const METRICS_PORT: i32 = 9090;
+
 /// Label on the services' Services that a ServiceMonitor selects.
 pub const METRICS_LABEL: &str = "chat.example.io/metrics";
 
@@ -120,6 +124,14 @@ fn service_env(plan: &Plan, app: &App) -> Vec<EnvVar> {
         }
         Component::MongoDb | Component::RabbitMq => {}
     }
+    vars.push(env("METRICS_PORT", METRICS_PORT.to_string()));
+    if let Some(proxies) = plan
+        .ingress
+        .as_ref()
+        .and_then(|i| i.trusted_proxies.as_ref())
+    {
+        vars.push(env("TRUSTED_PROXIES", proxies.join(",")));
+    }
     vars.push(env("LOG_FORMAT", "json"));
     merge_env(vars, &app.env)
 }
@@ -154,19 +166,24 @@ pub(super) fn deployment(plan: &Plan, app: &App, hashes: &SecretHashes) -> Deplo
         BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_owned(), config_hash(app, hashes))]);
     if plan.scrape_annotations {
         annotations.insert("prometheus.io/scrape".into(), "true".into());
-        annotations.insert(
-            "prometheus.io/port".into(),
-            app.component.port().to_string(),
-        );
+        annotations.insert("prometheus.io/port".into(), METRICS_PORT.to_string());
         annotations.insert("prometheus.io/path".into(), "/metrics".into());
     }
     let mut container = container(app.component.binary(), &app.image);
-    container.ports = Some(vec![ContainerPort {
-        name: Some("http".into()),
-        container_port: app.component.port(),
-        protocol: Some("TCP".into()),
-        ..ContainerPort::default()
-    }]);
+    container.ports = Some(vec![
+        ContainerPort {
+            name: Some("http".into()),
+            container_port: app.component.port(),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some("metrics".into()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        },
+    ]);
     container.env = Some(service_env(plan, app));
     container.resources = Some(app.resources.clone());
     container.readiness_probe = Some(http_probe("/readyz", 5, 2));
@@ -243,15 +260,26 @@ pub(super) fn service(plan: &Plan, app: &App) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(type_.into()),
             selector: Some(selector_labels(plan, component)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: app.component.port(),
-                target_port: Some(IntOrString::String("http".into())),
-                // Explicit: server-side apply keys Service ports by port and protocol.
-                protocol: Some("TCP".into()),
-                node_port: app.service.node_port,
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("http".into()),
+                    port: app.component.port(),
+                    target_port: Some(IntOrString::String("http".into())),
+                    // Explicit: server-side apply keys Service ports by port and protocol.
+                    protocol: Some("TCP".into()),
+                    node_port: app.service.node_port,
+                    ..ServicePort::default()
+                },
+                // For the ServiceMonitor; a NodePort Service exposes it on a node port too,
+                // which is why it is a port of its own the ingress never routes to.
+                ServicePort {
+                    name: Some("metrics".into()),
+                    port: METRICS_PORT,
+                    target_port: Some(IntOrString::String("metrics".into())),
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                },
+            ]),
             ..ServiceSpec::default()
         }),
         status: None,

@@ -220,7 +220,7 @@ fn service_monitor(plan: &Plan) -> Child {
                     "app.kubernetes.io/instance": plan.name,
                     METRICS_LABEL: "true",
                 }},
-                "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+                "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
             },
         }),
         resource,

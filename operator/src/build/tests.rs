@@ -48,7 +48,8 @@ fn full_spec() -> Value {
             ]}},
         },
         "ingress": {"className": "nginx", "host": "chat.example.com", "tlsSecretName": "tls",
-                    "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"}},
+                    "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"},
+                    "trustedProxies": ["10.244.0.0/16"]},
         "jwt": {"secretRef": {"name": "signing", "key": "hs256"}, "tokenTtl": "24h"},
         "networkPolicy": {"enabled": true},
         "monitoring": {"scrapeAnnotations": false, "serviceMonitor": true},
@@ -120,7 +121,7 @@ fn every_object_round_trips_through_its_type() {
                 // No k8s-openapi type: check the shape the Prometheus operator reads.
                 "ServiceMonitor" => {
                     assert_eq!(child.object["apiVersion"], "monitoring.coreos.com/v1");
-                    assert_eq!(child.object["spec"]["endpoints"][0]["port"], "http");
+                    assert_eq!(child.object["spec"]["endpoints"][0]["port"], "metrics");
                 }
                 other => panic!("unexpected kind {other}"),
             }

@@ -23,6 +23,8 @@ pub enum AuthError {
     UserNotFound,
     #[error("Too many failed login attempts; try again later")]
     TooManyAttempts(Duration),
+    #[error("Too many registrations from this address; try again later")]
+    TooManyRegistrations(Duration),
     #[error("Server is busy; try again shortly")]
     Busy,
     #[error("Service temporarily unavailable")]
@@ -56,7 +58,9 @@ impl IntoResponse for AuthError {
             Self::UsernameTaken => StatusCode::CONFLICT,
             Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
             Self::UserNotFound => StatusCode::NOT_FOUND,
-            Self::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyAttempts(_) | Self::TooManyRegistrations(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Busy | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -67,7 +71,9 @@ impl IntoResponse for AuthError {
         }
         let response = error_response(status, &self.to_string());
         match self {
-            Self::TooManyAttempts(wait) => with_retry_after(response, wait.as_secs() + 1),
+            Self::TooManyAttempts(wait) | Self::TooManyRegistrations(wait) => {
+                with_retry_after(response, wait.as_secs() + 1)
+            }
             Self::Busy | Self::Unavailable(_) => with_retry_after(response, 1),
             _ => response,
         }

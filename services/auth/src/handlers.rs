@@ -2,6 +2,7 @@ use axum::{extract::State, http::StatusCode, response::Response};
 use chat_common::{
     http::{Json, Query, readiness},
     jwt::Caller,
+    server::ClientAddr,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,7 +28,7 @@ const USERNAME_LEN: std::ops::RangeInclusive<usize> = 3..=32;
 const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=128;
 /// Longest username or password looked at on login (accounts created by the original system may
 /// not follow today's rules, but nothing longer than this is worth hashing).
-const LOGIN_FIELD_MAX: usize = 1024;
+const LOGIN_FIELD_MAX: usize = chat_common::http::MAX_NAME_BYTES;
 
 fn validate_username(username: &str) -> Result<(), AuthError> {
     let len = username.chars().count();
@@ -58,11 +59,17 @@ fn validate_password(password: &str) -> Result<(), AuthError> {
 
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     Json(body): Json<Credentials>,
 ) -> Result<(StatusCode, Json<Value>), AuthError> {
     let result = async {
         validate_username(&body.username)?;
         validate_password(&body.password)?;
+        // Charged before any lookup or hash: a flood from one address stops here.
+        state
+            .throttle
+            .begin_register(client)
+            .map_err(AuthError::TooManyRegistrations)?;
         // Cheap early answer for the common case; the unique index decides races.
         if state
             .store
@@ -84,6 +91,7 @@ pub async fn register(
         Ok(_) => "created",
         Err(AuthError::UsernameTaken) => "taken",
         Err(AuthError::Validation(_)) => "invalid",
+        Err(AuthError::TooManyRegistrations(_)) => "throttled",
         Err(_) => "error",
     };
     state
@@ -101,9 +109,10 @@ pub async fn register(
 
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     Json(body): Json<Credentials>,
 ) -> Result<Json<Value>, AuthError> {
-    let result = login_inner(&state, body).await;
+    let result = login_inner(&state, body, client).await;
     let label = match &result {
         Ok(_) => "success",
         Err(AuthError::InvalidCredentials) => "invalid",
@@ -118,7 +127,11 @@ pub async fn login(
     ))
 }
 
-async fn login_inner(state: &AppState, body: Credentials) -> Result<String, AuthError> {
+async fn login_inner(
+    state: &AppState,
+    body: Credentials,
+    client: std::net::IpAddr,
+) -> Result<String, AuthError> {
     let Credentials { username, password } = body;
     if username.is_empty() || password.is_empty() {
         return Err(AuthError::Validation(
@@ -130,12 +143,12 @@ async fn login_inner(state: &AppState, body: Credentials) -> Result<String, Auth
     }
     state
         .throttle
-        .begin(&username)
+        .begin_login(&username, client)
         .map_err(AuthError::TooManyAttempts)?;
     let verified = verify(state, &username, password).await;
     match verified {
         Ok(Some(user)) => {
-            state.throttle.succeeded(&username);
+            state.throttle.login_succeeded(&username, client);
             state
                 .issuer
                 .issue_user(&user.id, &user.username)
@@ -144,7 +157,7 @@ async fn login_inner(state: &AppState, body: Credentials) -> Result<String, Auth
         // Unknown accounts count too, so lockouts reveal nothing about existence.
         Ok(None) => Err(AuthError::InvalidCredentials),
         Err(e) => {
-            state.throttle.refund(&username);
+            state.throttle.login_refund(&username, client);
             Err(e)
         }
     }

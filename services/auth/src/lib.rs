@@ -12,15 +12,14 @@ mod migrate;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use axum::{Router, extract::FromRef, routing::get, routing::post};
 use chat_common::{
     config::{CommonConfig, ConfigError, Durability, SecretUrl, Source, Vars},
     http::Limits,
     jwt::{JwtSettings, TokenIssuer, TokenVerifier},
     metrics::{self, HttpMetrics},
+    server::{Listeners, ServerConfig, serve},
 };
-use tokio::net::TcpListener;
 
 pub use error::AuthError;
 pub use migrate::{MigrationReport, migrate_passwords};
@@ -28,7 +27,8 @@ use password::{HashMetrics, HashParams, PasswordHasher};
 #[cfg(feature = "mongo")]
 use store::MongoUserStore;
 use store::{EmbeddedUserStore, UserStore};
-use throttle::LoginThrottle;
+use throttle::Throttle;
+pub use throttle::ThrottleConfig;
 
 /// auth-service configuration, from the environment.
 #[derive(Debug, Clone)]
@@ -51,9 +51,8 @@ pub struct Config {
     /// `HASH_QUEUE`: requests allowed to wait for a hashing slot before 503 (default 128; 0: none
     /// wait, a request finding every slot busy gets 503 at once).
     pub hash_queue: usize,
-    /// `LOGIN_MAX_FAILURES` per account within `LOGIN_FAILURE_WINDOW` (default 10 per 60 s; 0 disables).
-    pub login_max_failures: u32,
-    pub login_failure_window: Duration,
+    /// Login and registration throttles (see [`ThrottleConfig`]).
+    pub throttle: ThrottleConfig,
     /// `DB_TIMEOUT`: longest a database call may take (default 5 s).
     pub db_timeout: Duration,
     /// `WRITE_CONCERN` and `WRITE_JOURNAL`: when MongoDB acknowledges a write (default: a
@@ -91,9 +90,7 @@ impl Config {
             hash,
             hash_concurrency: vars.positive_or("HASH_CONCURRENCY", cpus)?,
             hash_queue: vars.parse_or("HASH_QUEUE", 128)?,
-            login_max_failures: vars.parse_or("LOGIN_MAX_FAILURES", 10)?,
-            login_failure_window: vars
-                .nonzero_duration_or("LOGIN_FAILURE_WINDOW", Duration::from_secs(60))?,
+            throttle: throttle_config(vars)?,
             db_timeout: vars.nonzero_duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
             durability: vars.durability()?,
             common,
@@ -101,24 +98,49 @@ impl Config {
     }
 }
 
+fn throttle_config<S: Source>(vars: &Vars<S>) -> Result<ThrottleConfig, ConfigError> {
+    let d = ThrottleConfig::default();
+    Ok(ThrottleConfig {
+        login_max_failures: vars.parse_or("LOGIN_MAX_FAILURES", d.login_max_failures)?,
+        login_failure_window: vars
+            .nonzero_duration_or("LOGIN_FAILURE_WINDOW", d.login_failure_window)?,
+        login_max_failures_per_address: vars.parse_or(
+            "LOGIN_MAX_FAILURES_PER_ADDRESS",
+            d.login_max_failures_per_address,
+        )?,
+        register_max_per_address: vars
+            .parse_or("REGISTER_MAX_PER_ADDRESS", d.register_max_per_address)?,
+        register_window: vars.nonzero_duration_or("REGISTER_WINDOW", d.register_window)?,
+        slots: vars.positive_or("THROTTLE_SLOTS", d.slots)?,
+    })
+}
+
 /// auth-service ready to serve: its store, its state and its bound listener, built from the
 /// configuration alone. `main`, the standalone stack and the tests all start it this way.
 pub struct App {
-    listener: TcpListener,
+    listeners: Listeners,
+    server: ServerConfig,
     state: AppState,
 }
 
 impl App {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.common.bind)
-            .await
-            .with_context(|| format!("listening on {}", config.common.bind))?;
+        let listeners = Listeners::bind(config.common.bind, &config.common.server).await?;
         let state = AppState::new(config, open_store(config).await?)?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            listeners,
+            server: config.common.server.clone(),
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener")
+        self.listeners.api_addr()
+    }
+
+    /// Where `/metrics` is served when `METRICS_PORT` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.listeners.metrics_addr()
     }
 
     /// The handlers' state: its store and hasher serve `migrate-passwords` and the tests.
@@ -131,7 +153,15 @@ impl App {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        run(self.listener, self.state, shutdown).await
+        let metrics = self.state.http_metrics.clone();
+        serve(
+            self.listeners,
+            router(self.state),
+            &metrics,
+            &self.server,
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -174,7 +204,7 @@ pub struct AuthMetrics {
 pub struct AppState {
     pub store: Arc<dyn UserStore>,
     pub hasher: Arc<PasswordHasher>,
-    pub throttle: Arc<LoginThrottle>,
+    pub throttle: Arc<Throttle>,
     pub issuer: Arc<TokenIssuer>,
     pub verifier: Arc<TokenVerifier>,
     pub http_metrics: HttpMetrics,
@@ -236,10 +266,7 @@ impl AppState {
         Ok(Self {
             store,
             hasher: Arc::new(hasher),
-            throttle: Arc::new(LoginThrottle::new(
-                config.login_max_failures,
-                config.login_failure_window,
-            )),
+            throttle: Arc::new(Throttle::new(&config.throttle)),
             issuer: Arc::new(issuer),
             verifier: Arc::new(config.jwt.verifier()),
             http_metrics,
@@ -260,12 +287,4 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .with_state(state);
     chat_common::http::finish_router(routes, &metrics, limits)
-}
-
-/// Serves the service on `listener` until `shutdown` resolves.
-pub async fn run<F>(listener: TcpListener, state: AppState, shutdown: F) -> std::io::Result<()>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    chat_common::http::serve(listener, router(state), shutdown).await
 }

@@ -84,8 +84,15 @@ fn hash_in(params: &Params, memory: &mut Vec<Block>, password: &[u8]) -> Result<
     Ok(phc.to_string())
 }
 
-/// Recomputes `hash` (with its own algorithm, version, parameters and salt) for `password`.
-fn verify_in(memory: &mut Vec<Block>, password: &[u8], hash: &PasswordHash) -> bool {
+/// Recomputes `hash` (with its own algorithm, version, parameters and salt) for `password`; a
+/// hash whose parameters exceed `bound` is refused unverified (a planted `m=4194304` would
+/// otherwise make one login allocate 4 GiB).
+fn verify_in(
+    memory: &mut Vec<Block>,
+    password: &[u8],
+    hash: &PasswordHash,
+    bound: &HashParams,
+) -> bool {
     let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
         return false;
     };
@@ -100,6 +107,18 @@ fn verify_in(memory: &mut Vec<Block>, password: &[u8], hash: &PasswordHash) -> b
     let Ok(params) = Params::try_from(hash) else {
         return false;
     };
+    if params.m_cost() > bound.memory_kib
+        || params.t_cost() > bound.iterations
+        || params.p_cost() > bound.parallelism
+    {
+        tracing::warn!(
+            memory_kib = params.m_cost(),
+            iterations = params.t_cost(),
+            parallelism = params.p_cost(),
+            "a stored password hash has argon2 parameters beyond the bounds; not verified"
+        );
+        return false;
+    }
     let mut out = vec![0u8; expected.as_bytes().len()];
     let blocks = params.block_count();
     Argon2::new(algorithm, version, params)
@@ -122,6 +141,24 @@ impl HashParams {
         iterations: 2,
         parallelism: 1,
     };
+
+    /// The most a stored hash may cost to verify: 256 MiB, t=16, p=16 (or what this service
+    /// hashes with, if more).
+    pub const VERIFY_MAX: Self = Self {
+        memory_kib: 256 * 1024,
+        iterations: 16,
+        parallelism: 16,
+    };
+
+    /// [`Self::VERIFY_MAX`], raised to `self` where `self` is above it.
+    #[must_use]
+    pub fn verify_bound(&self) -> Self {
+        Self {
+            memory_kib: self.memory_kib.max(Self::VERIFY_MAX.memory_kib),
+            iterations: self.iterations.max(Self::VERIFY_MAX.iterations),
+            parallelism: self.parallelism.max(Self::VERIFY_MAX.parallelism),
+        }
+    }
 
     /// Whether these are at least as strong as OWASP's minimum.
     pub fn meets_minimum(&self) -> bool {
@@ -152,6 +189,8 @@ pub fn is_phc(stored: &str) -> bool {
 
 pub struct PasswordHasher {
     params: Params,
+    /// The costliest stored hash verified.
+    bound: HashParams,
     /// Jobs for the `concurrency` hashing threads; waiting jobs are the queue.
     workers: Mutex<std::sync::mpsc::Sender<Job>>,
     /// Jobs queued or running. Released by the worker when the job ends, not by the request:
@@ -196,6 +235,7 @@ impl PasswordHasher {
         queue: usize,
         metrics: Option<HashMetrics>,
     ) -> Result<Self, HashError> {
+        let hash_params = params;
         let params = Params::new(
             params.memory_kib,
             params.iterations,
@@ -209,6 +249,7 @@ impl PasswordHasher {
         let concurrency = concurrency.max(1);
         Ok(Self {
             params,
+            bound: hash_params.verify_bound(),
             workers: Mutex::new(start_workers(concurrency).map_err(internal)?),
             in_flight: Arc::new(AtomicUsize::new(0)),
             capacity: concurrency + queue,
@@ -274,15 +315,16 @@ impl PasswordHasher {
         stored: Option<String>,
     ) -> Result<bool, HashError> {
         let dummy = self.dummy.clone();
+        let bound = self.bound;
         self.run(move |memory| {
             let real = stored
                 .as_deref()
                 .filter(|s| s.starts_with("$argon2"))
                 .and_then(|s| PasswordHash::new(s).ok());
             if let Some(hash) = real {
-                verify_in(memory, password.as_bytes(), &hash)
+                verify_in(memory, password.as_bytes(), &hash, &bound)
             } else {
-                let _ = verify_in(memory, password.as_bytes(), &dummy);
+                let _ = verify_in(memory, password.as_bytes(), &dummy, &bound);
                 false
             }
         })
@@ -315,6 +357,38 @@ mod tests {
         );
         assert!(!h.verify("x".into(), None).await.unwrap());
         assert!(!is_phc("$argon2id$garbage"));
+    }
+
+    #[tokio::test]
+    async fn a_planted_hash_with_huge_parameters_is_refused_without_allocating() {
+        let h = PasswordHasher::new(HashParams::default(), 1, 4, None).unwrap();
+        // A real hash of "pw" with m=8 MiB, its cost then rewritten to m=4 GiB, t=1.
+        let genuine = h.hash("correct horse".into()).await.unwrap();
+        let planted = genuine.replace("m=19456,t=2,p=1", "m=4194304,t=1,p=1");
+        assert_ne!(genuine, planted);
+        let started = std::time::Instant::now();
+        assert!(
+            !h.verify("correct horse".into(), Some(planted))
+                .await
+                .unwrap()
+        );
+        // Allocating and filling 4 GiB takes seconds; a refusal takes the dummy's ~20 ms.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let huge_t = genuine.replace("t=2", "t=1000");
+        assert!(
+            !h.verify("correct horse".into(), Some(huge_t))
+                .await
+                .unwrap()
+        );
+        assert!(
+            h.verify("correct horse".into(), Some(genuine))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use jsonwebtoken::{EncodingKey, Header};
 use mongodb::bson::doc;
 use serde_json::{Value, json};
-use support::{SECRET, spawn_app, spawn_app_with};
+use support::{SECRET, TestApp, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn register_login_and_token_claims() {
@@ -61,7 +61,8 @@ async fn duplicate_username_is_409() {
 
 #[tokio::test]
 async fn fifty_concurrent_registrations_of_one_name_give_one_201() {
-    let app = spawn_app().await;
+    // Fifty registrations from one address: beyond its throttle, which is tested on its own.
+    let app = spawn_app_with(&[("REGISTER_MAX_PER_ADDRESS", "0")]).await;
     let attempts = (0..50).map(|i| {
         let app = &app;
         async move { app.register("racer", &format!("password-{i:03}")).await.0 }
@@ -313,6 +314,159 @@ async fn failed_logins_are_throttled_per_account() {
     assert_eq!(
         statuses,
         [[401; 3].as_slice(), [429; 9].as_slice()].concat()
+    );
+}
+
+/// A client of `app` connecting from `local` (any 127.0.0.0/8 address is this machine's): a
+/// client at another address, as the server sees it.
+fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn login_from(
+    app: &TestApp,
+    http: &reqwest::Client,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    http.post(app.url("/auth/login"))
+        .json(&json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The attack from the issue: ten wrong passwords for someone else's account locked it. Now
+/// they lock the stranger's (account, address) pair only.
+#[tokio::test]
+async fn a_strangers_failures_never_lock_the_owner_out_from_another_address() {
+    let app = spawn_app_with(&[("LOGIN_MAX_FAILURES", "10")]).await;
+    app.user("olive").await;
+    let stranger = client_from("127.0.0.1");
+    let owner = client_from("127.0.0.2");
+    for _ in 0..10 {
+        let r = login_from(&app, &stranger, "olive", "not-her-password").await;
+        assert_eq!(r.status(), 401);
+    }
+    let r = login_from(&app, &stranger, "olive", "password-123").await;
+    assert_eq!(r.status(), 429, "the stranger's pair is locked");
+    assert!(r.headers().contains_key("retry-after"));
+    let r = login_from(&app, &owner, "olive", "password-123").await;
+    assert_eq!(
+        r.status(),
+        200,
+        "the owner logs in from elsewhere during the lockout"
+    );
+}
+
+#[tokio::test]
+async fn an_address_guessing_many_accounts_is_stopped_and_others_are_not() {
+    let app = spawn_app_with(&[
+        ("LOGIN_MAX_FAILURES", "5"),
+        ("LOGIN_MAX_FAILURES_PER_ADDRESS", "8"),
+    ])
+    .await;
+    app.user("pat").await;
+    let sprayer = client_from("127.0.0.3");
+    for i in 0..8 {
+        let r = login_from(&app, &sprayer, &format!("victim{i}"), "password-1").await;
+        assert_eq!(r.status(), 401);
+    }
+    let r = login_from(&app, &sprayer, "pat", "password-123").await;
+    assert_eq!(r.status(), 429, "the address is out of attempts");
+    let r = login_from(&app, &client_from("127.0.0.4"), "pat", "password-123").await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn registrations_are_throttled_per_client_address_read_through_trusted_proxies_only() {
+    let app = spawn_app_with(&[
+        ("REGISTER_MAX_PER_ADDRESS", "2"),
+        ("TRUSTED_PROXIES", "127.0.0.5"),
+    ])
+    .await;
+    let register = |http: reqwest::Client, name: &'static str, forwarded: Option<&'static str>| {
+        let url = app.url("/auth/register");
+        async move {
+            let mut req = http
+                .post(url)
+                .json(&json!({ "username": name, "password": "password-123" }));
+            if let Some(f) = forwarded {
+                req = req.header("x-forwarded-for", f);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let direct = client_from("127.0.0.6");
+    assert_eq!(register(direct.clone(), "reg1", None).await.status(), 201);
+    // Bad input costs nothing.
+    assert_eq!(register(direct.clone(), "x", None).await.status(), 400);
+    assert_eq!(register(direct.clone(), "reg2", None).await.status(), 201);
+    let r = register(direct.clone(), "reg3", None).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("registrations"),
+        "{body}"
+    );
+    // A forged X-Forwarded-For from an untrusted peer changes nothing.
+    assert_eq!(
+        register(direct.clone(), "reg4", Some("198.51.100.1"))
+            .await
+            .status(),
+        429
+    );
+    // Through the trusted proxy, each client is itself.
+    let proxy = client_from("127.0.0.5");
+    for (name, client) in [
+        ("reg5", "198.51.100.1"),
+        ("reg6", "198.51.100.1"),
+        ("reg7", "198.51.100.2"),
+    ] {
+        assert_eq!(
+            register(proxy.clone(), name, Some(client)).await.status(),
+            201,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        register(proxy.clone(), "reg8", Some("198.51.100.1"))
+            .await
+            .status(),
+        429
+    );
+}
+
+#[tokio::test]
+async fn a_planted_hash_with_huge_argon2_parameters_fails_fast() {
+    let app = spawn_app().await;
+    app.user("quinn").await;
+    let users = app.users().await;
+    let stored = users
+        .find_one(doc! { "username": "quinn" })
+        .await
+        .unwrap()
+        .unwrap();
+    let hash = stored.get_str("password").unwrap().to_owned();
+    let planted = hash.replace("m=19456", "m=4194304");
+    assert_ne!(hash, planted);
+    users
+        .update_one(
+            doc! { "username": "quinn" },
+            doc! { "$set": { "password": planted } },
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(app.login("quinn", "password-123").await.0, 401);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refused without hashing 4 GiB: {:?}",
+        started.elapsed()
     );
 }
 

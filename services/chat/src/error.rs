@@ -22,6 +22,8 @@ pub enum ChatError {
     RecipientNotFound,
     #[error("Idempotency-Key was already used for a different message")]
     KeyReused,
+    #[error("Too many messages; slow down")]
+    TooManyRequests(std::time::Duration),
     #[error("Service temporarily unavailable")]
     Unavailable(String),
 }
@@ -45,16 +47,17 @@ impl IntoResponse for ChatError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RecipientNotFound => StatusCode::NOT_FOUND,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(reason) => {
                 tracing::warn!(%reason, "dependency unavailable");
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
         let response = error_response(status, &self.to_string());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            with_retry_after(response, 1)
-        } else {
-            response
+        match self {
+            Self::TooManyRequests(wait) => with_retry_after(response, wait.as_secs() + 1),
+            Self::Unavailable(_) => with_retry_after(response, 1),
+            _ => response,
         }
     }
 }

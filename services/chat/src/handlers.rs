@@ -44,6 +44,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ChatError> {
     }
 }
 
+/// A username in a request is looked up only if it could be one (registration allows 32
+/// characters; accounts from the original system may be longer, never beyond this).
+fn check_name(field: &str, name: &str) -> Result<(), ChatError> {
+    if name.len() > chat_common::http::MAX_NAME_BYTES {
+        return Err(ChatError::Validation(format!(
+            "{field} must be at most {} bytes",
+            chat_common::http::MAX_NAME_BYTES
+        )));
+    }
+    Ok(())
+}
+
 fn sent(status: StatusCode, message: &Message) -> Response {
     let body = json!({ "message": "Message sent successfully", "data": message.view() });
     (status, Json(body)).into_response()
@@ -76,6 +88,7 @@ pub async fn send(
     if recipient.is_empty() {
         return Err(ChatError::Validation("Recipient is required".into()));
     }
+    check_name("recipient", recipient)?;
     if body.content.trim().is_empty() {
         return Err(ChatError::Validation(
             "Message content must not be empty".into(),
@@ -87,6 +100,10 @@ pub async fn send(
             state.max_message_chars
         )));
     }
+    state
+        .send_limit
+        .check(&user.username)
+        .map_err(ChatError::TooManyRequests)?;
     if let Some(key) = &key
         && let Some(original) = state.store.by_idempotency_key(&user.username, key).await?
     {
@@ -164,6 +181,8 @@ pub async fn history(
     ) else {
         return Err(ChatError::Validation("user1 and user2 are required".into()));
     };
+    check_name("user1", &user1)?;
+    check_name("user2", &user2)?;
     if user.username != user1 && user.username != user2 {
         return Err(ChatError::Forbidden(
             "Only the participants may read this conversation",

@@ -12,7 +12,6 @@ mod handlers;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use axum::{Router, extract::FromRef, routing::get, routing::post};
 use chat_common::{
     auth_client::{DirectoryConfig, UserDirectory},
@@ -21,8 +20,8 @@ use chat_common::{
     http::Limits,
     jwt::{JwtSettings, TokenVerifier},
     metrics::{self, HttpMetrics},
+    server::{Listeners, ServerConfig, serve},
 };
-use tokio::net::TcpListener;
 
 pub use error::ChatError;
 use outbox::Outbox;
@@ -54,6 +53,10 @@ pub struct Config {
     pub exchange: String,
     /// `MAX_MESSAGE_CHARS` (default 4000).
     pub max_message_chars: usize,
+    /// `SEND_RATE_PER_USER` (default 10 per second) and `SEND_BURST` (default 20): each user's
+    /// sends on one replica; beyond them, 429 with `Retry-After`.
+    pub send_rate: u32,
+    pub send_burst: u32,
     /// `PUBLISH_TIMEOUT` (default 5 s): longest wait for a publisher confirm.
     pub publish_timeout: Duration,
     /// `DB_TIMEOUT` (default 5 s).
@@ -98,6 +101,8 @@ impl Config {
                 .string("EXCHANGE_NAME")
                 .unwrap_or_else(|| chat_common::bus::DEFAULT_EXCHANGE.to_owned()),
             max_message_chars: vars.positive_or("MAX_MESSAGE_CHARS", 4000)?,
+            send_rate: vars.positive_or("SEND_RATE_PER_USER", 10)?,
+            send_burst: vars.positive_or("SEND_BURST", 20)?,
             publish_timeout: vars.nonzero_duration_or("PUBLISH_TIMEOUT", Duration::from_secs(5))?,
             db_timeout: vars.nonzero_duration_or("DB_TIMEOUT", Duration::from_secs(5))?,
             write_batch: vars.positive_or("WRITE_BATCH", 256)?,
@@ -114,22 +119,30 @@ impl Config {
 /// built from the configuration alone. `main`, the standalone stack and the tests all start it
 /// this way.
 pub struct App {
-    listener: TcpListener,
+    listeners: Listeners,
+    server: ServerConfig,
     state: AppState,
 }
 
 impl App {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.common.bind)
-            .await
-            .with_context(|| format!("listening on {}", config.common.bind))?;
+        let listeners = Listeners::bind(config.common.bind, &config.common.server).await?;
         let store = open_store(config).await?;
         let state = AppState::new(config, store, publisher(config))?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            listeners,
+            server: config.common.server.clone(),
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener")
+        self.listeners.api_addr()
+    }
+
+    /// Where `/metrics` is served when `METRICS_PORT` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.listeners.metrics_addr()
     }
 
     /// Serves until `shutdown` resolves, then drains.
@@ -137,7 +150,15 @@ impl App {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        run(self.listener, self.state, shutdown).await
+        let metrics = self.state.http_metrics.clone();
+        serve(
+            self.listeners,
+            router(self.state),
+            &metrics,
+            &self.server,
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -181,6 +202,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MessageStore>
     let store = chat_common::local::open_retrying(|| EmbeddedMessageStore::open(&path)).await?;
     Ok(Arc::new(store))
 }
+
+/// Users whose send buckets one replica remembers (16 bytes each: 1 MiB).
+const SEND_LIMIT_SLOTS: usize = 65_536;
 
 /// chat-service's own metrics.
 #[derive(Clone)]
@@ -227,6 +251,8 @@ pub struct AppState {
     pub directory: UserDirectory,
     pub verifier: Arc<TokenVerifier>,
     pub max_message_chars: usize,
+    /// Each user's sends (`SEND_RATE_PER_USER`, `SEND_BURST`).
+    pub send_limit: Arc<chat_common::limiter::Limiter>,
     pub http_metrics: HttpMetrics,
     pub metrics: ChatMetrics,
     pub limits: Limits,
@@ -276,6 +302,11 @@ impl AppState {
             directory,
             verifier: Arc::new(config.jwt.verifier()),
             max_message_chars: config.max_message_chars,
+            send_limit: Arc::new(chat_common::limiter::Limiter::new(
+                config.send_burst,
+                std::time::Duration::from_secs(1) / config.send_rate,
+                SEND_LIMIT_SLOTS,
+            )),
             http_metrics,
             metrics,
             limits: config.common.limits,
@@ -293,13 +324,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .with_state(state);
     chat_common::http::finish_router(routes, &metrics, limits)
-}
-
-pub async fn run<F>(listener: TcpListener, state: AppState, shutdown: F) -> std::io::Result<()>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    chat_common::http::serve(listener, router(state), shutdown).await
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ fn env(dir: &std::path::Path, extra: &[(&str, String)]) -> Vars<Vec<(String, Str
 }
 
 async fn start() -> Services {
+    start_with(&[]).await
+}
+
+async fn start_with(chat_extra: &[(&str, String)]) -> Services {
     let dir = tempfile::tempdir().unwrap();
     let mut stops = Vec::new();
     let auth_config = auth_service::Config::from_env(&env(dir.path(), &[])).unwrap();
@@ -34,11 +38,9 @@ async fn start() -> Services {
         let _ = stopped.await;
     }));
     stops.push(stop);
-    let config = chat_service::Config::from_env(&env(
-        dir.path(),
-        &[("AUTH_SERVICE_URL", format!("http://{auth_addr}"))],
-    ))
-    .unwrap();
+    let mut chat_env = vec![("AUTH_SERVICE_URL", format!("http://{auth_addr}"))];
+    chat_env.extend(chat_extra.iter().cloned());
+    let config = chat_service::Config::from_env(&env(dir.path(), &chat_env)).unwrap();
     let bus = config.local_bus.clone();
     let chat = chat_service::App::build(&config).await.unwrap();
     let chat_addr = chat.local_addr();
@@ -304,4 +306,73 @@ async fn a_users_messages_in_every_conversation_come_back_oldest_first() {
     }
     let url = format!("http://{}/chat/messages", services.chat);
     assert_eq!(services.call(services.http.get(url)).await.0, 401);
+}
+
+/// Each user's sends are a token bucket: a burst, then the rate; one user's flood leaves
+/// another's sends alone.
+#[tokio::test]
+async fn a_users_sends_beyond_the_rate_get_429_with_retry_after() {
+    let services = start_with(&[
+        ("SEND_RATE_PER_USER", "2".into()),
+        ("SEND_BURST", "5".into()),
+    ])
+    .await;
+    let alice = services.user("alice").await;
+    let bob = services.user("bob").await;
+    let body = json!({"recipient": "bob", "content": "hi"});
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(services.send(Some(&alice), &body).await.0);
+    }
+    assert_eq!(statuses, [201, 201, 201, 201, 201, 429, 429, 429]);
+    let response = services
+        .http
+        .post(format!("http://{}/chat/send", services.chat))
+        .bearer_auth(&alice)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let message: Value = response.json().await.unwrap();
+    assert_eq!(message["message"], "Too many messages; slow down");
+    // Bob is not slowed down by Alice.
+    let (status, _) = services
+        .send(
+            Some(&bob),
+            &json!({"recipient": "alice", "content": "hello"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // Half a second later, one more token.
+    tokio::time::sleep(std::time::Duration::from_millis(550)).await;
+    assert_eq!(services.send(Some(&alice), &body).await.0, 201);
+    let (_, history) = services.history(&alice, "user1=alice&user2=bob").await;
+    assert_eq!(
+        history["data"].as_array().unwrap().len(),
+        7,
+        "only the accepted are stored"
+    );
+}
+
+/// A name longer than any username is refused before any lookup (no call to auth-service, no
+/// cache entry of the attacker's size).
+#[tokio::test]
+async fn names_longer_than_any_username_are_refused_before_any_lookup() {
+    let services = start().await;
+    let alice = services.user("alice").await;
+    let long = "x".repeat(chat_common::http::MAX_NAME_BYTES + 1);
+    let (status, body) = services
+        .send(Some(&alice), &json!({"recipient": long, "content": "hi"}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("recipient"),
+        "{body}"
+    );
+    let (status, body) = services
+        .history(&alice, &format!("user1=alice&user2={long}"))
+        .await;
+    assert_eq!(status, 400, "{body}");
 }

@@ -37,11 +37,31 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// A bad value, shown in the error with any credentials it holds masked (a URL's
+    /// `user:password@` becomes `***@`; a secret variable's value is not shown at all), in the
+    /// value and in the reason alike.
     pub fn malformed(name: &'static str, value: impl Into<String>, reason: impl Display) -> Self {
+        let raw = value.into();
+        let mut reason = reason.to_string();
+        let secret_name = ["SECRET", "PASSWORD", "KEY", "TOKEN"]
+            .iter()
+            .any(|s| name.contains(s));
+        let value = if secret_name {
+            if !raw.is_empty() {
+                reason = reason.replace(&raw, "***");
+            }
+            "***".to_owned()
+        } else if raw.contains("://") {
+            let masked = SecretUrl::new(raw.clone()).to_string();
+            reason = reason.replace(&raw, &masked);
+            masked
+        } else {
+            raw
+        };
         Self::Malformed {
             name,
-            value: value.into(),
-            reason: reason.to_string(),
+            value,
+            reason,
         }
     }
 }
@@ -317,6 +337,9 @@ pub struct CommonConfig {
     pub data_dir: PathBuf,
     /// `LOG_FORMAT`: `text` (default) or `json` (JSON lines).
     pub json_logs: bool,
+    /// `HTTP_HEADER_TIMEOUT`, `HTTP_IDLE_TIMEOUT`, `MAX_CONNECTIONS`, `TRUSTED_PROXIES` and
+    /// `METRICS_PORT` (see [`crate::server`]).
+    pub server: crate::server::ServerConfig,
 }
 
 impl CommonConfig {
@@ -348,8 +371,34 @@ impl CommonConfig {
                 .unwrap_or_else(|| "data".to_owned())
                 .into(),
             json_logs,
+            server: server_config(vars)?,
         })
     }
+}
+
+fn server_config<S: Source>(vars: &Vars<S>) -> Result<crate::server::ServerConfig, ConfigError> {
+    let defaults = crate::server::ServerConfig::default();
+    let trusted_proxies = match vars.string("TRUSTED_PROXIES") {
+        None => defaults.trusted_proxies,
+        Some(list) => crate::server::TrustedProxies(
+            list.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::parse)
+                .collect::<Result<_, String>>()
+                .map_err(|e| ConfigError::malformed("TRUSTED_PROXIES", list.clone(), e))?,
+        ),
+    };
+    Ok(crate::server::ServerConfig {
+        header_timeout: vars.nonzero_duration_or("HTTP_HEADER_TIMEOUT", defaults.header_timeout)?,
+        idle_timeout: vars.nonzero_duration_or("HTTP_IDLE_TIMEOUT", defaults.idle_timeout)?,
+        max_connections: vars.positive_or("MAX_CONNECTIONS", defaults.max_connections)?,
+        trusted_proxies,
+        metrics_port: match vars.string("METRICS_PORT") {
+            None => None,
+            Some(_) => Some(vars.positive_or("METRICS_PORT", 1u16)?),
+        },
+    })
 }
 
 /// Longest database name MongoDB accepts, in bytes.
@@ -388,6 +437,28 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "h" => secs(3600),
         "d" => secs(86_400),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_never_show_credentials() {
+        let e = ConfigError::malformed(
+            "RABBITMQ_URL",
+            "amqp://chat:hunter2@mq:5672/%2f x",
+            "bad URL amqp://chat:hunter2@mq:5672/%2f x",
+        )
+        .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("amqp://***@mq:5672"), "{e}");
+        let e =
+            ConfigError::malformed("JWT_SECRET", "tooshort", "\"tooshort\" is short").to_string();
+        assert!(!e.contains("tooshort"), "{e}");
+        let e = ConfigError::malformed("PORT", "x", "not a number").to_string();
+        assert!(e.contains("\"x\""), "{e}");
     }
 }
 

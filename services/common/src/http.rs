@@ -1,7 +1,7 @@
 //! HTTP plumbing shared by the services: the `{"message": ...}` error body, extractors whose
 //! rejections are JSON, the common middleware stack and the server loop.
 
-use std::{future::Future, io, time::Duration};
+use std::time::Duration;
 
 use axum::{
     Router,
@@ -11,9 +11,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use tokio::net::TcpListener;
 
 use crate::metrics::HttpMetrics;
+
+/// Longest username any request may name (registration allows 32 characters; accounts
+/// carried over from the original system may be longer, never beyond this): longer input is a
+/// 400 or 404 before any lookup.
+pub const MAX_NAME_BYTES: usize = 1024;
 
 /// The body of every error response: `{"message": "..."}`, as the original system sent.
 #[derive(Debug, Serialize)]
@@ -117,14 +121,7 @@ impl Default for Limits {
 pub fn finish_router(routes: Router, metrics: &HttpMetrics, limits: Limits) -> Router {
     let timeout = limits.request_timeout;
     routes
-        .route("/healthz", axum::routing::get(healthz))
-        .route(
-            "/metrics",
-            axum::routing::get({
-                let metrics = metrics.clone();
-                move || async move { metrics.render() }
-            }),
-        )
+        .merge(metrics_router(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.body_bytes))
@@ -138,6 +135,17 @@ pub fn finish_router(routes: Router, metrics: &HttpMetrics, limits: Limits) -> R
                 .make_span_with(|req: &Request| {
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
                 }),
+        )
+}
+
+/// `/healthz` and `/metrics`: what a scraper needs, alone on `METRICS_PORT` when it is set.
+pub fn metrics_router(metrics: &HttpMetrics) -> Router {
+    let metrics = metrics.clone();
+    Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { metrics.render() }),
         )
 }
 
@@ -197,19 +205,6 @@ async fn not_found() -> Response {
 
 async fn method_not_allowed() -> Response {
     error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight requests.
-pub async fn serve<F>(listener: TcpListener, router: Router, shutdown: F) -> io::Result<()>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "listening");
-    }
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Extracts the token of an `Authorization: Bearer <token>` header, if any.

@@ -20,11 +20,13 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod jwt;
+pub mod limiter;
 pub mod local;
 pub mod metrics;
 #[cfg(feature = "mongo")]
 pub mod mongo;
 pub mod secret;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]

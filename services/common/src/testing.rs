@@ -3,6 +3,17 @@
 
 use std::{net::ToSocketAddrs, time::Duration};
 
+/// What a load test lifts: the defaults protect a public deployment (10 sends/s per user, 20
+/// registrations per address an hour, 10 sockets per user), while the end-to-end tests, the
+/// fault tests and `chat-bench` (`tests/bench/bench.sh` sets the same) send hundreds of
+/// messages a second from one user and register their users from one address.
+pub const LOAD_TEST_LIMITS: &[(&str, &str)] = &[
+    ("SEND_RATE_PER_USER", "100000"),
+    ("SEND_BURST", "100000"),
+    ("REGISTER_MAX_PER_ADDRESS", "0"),
+    ("WS_MAX_SOCKETS_PER_USER", "20000"),
+];
+
 /// The MongoDB-compatible server for tests: `TEST_MONGODB_URL` (set by `tests/run.sh`), else
 /// `mongodb://127.0.0.1:27017`. Panics with instructions when nothing listens there.
 pub fn mongodb_url() -> String {

@@ -18,11 +18,12 @@ pub const OWN_VARS: [&str; 3] = ["AUTH_PORT", "CHAT_PORT", "WS_PORT"];
 /// What the stack sets for its services, whatever the environment says: each one's port (from
 /// [`OWN_VARS`]), where chat finds auth and websocket finds chat, and development mode (embedded
 /// stores and the in-process bus unless `DATABASE_URL`/`RABBITMQ_URL` are set).
-pub const SETS_FOR_ITS_SERVICES: [&str; 4] = [
+pub const SETS_FOR_ITS_SERVICES: [&str; 5] = [
     "PORT",
     "AUTH_SERVICE_URL",
     "CHAT_SERVICE_URL",
     "CHAT_DEV_MODE",
+    "METRICS_PORT",
 ];
 
 /// Where the stack listens.
@@ -122,6 +123,9 @@ where
             ("CHAT_DEV_MODE".into(), "true".into()),
             ("JWT_SECRET".into(), jwt_secret(&vars, &data_dir)?),
             ("PORT".into(), auth_port.to_string()),
+            // Three services in one process cannot share one metrics port: each serves its own
+            // `/metrics` on its port.
+            ("METRICS_PORT".into(), String::new()),
         ],
     };
     let auth_config = auth_service::Config::from_env(&Vars(&settings)).map_err(config_error)?;

@@ -16,7 +16,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -40,8 +40,40 @@ pub struct Hub {
     next_id: AtomicU64,
     metrics: WsMetrics,
     queue: usize,
+    caps: SocketCaps,
+    /// Sockets open or being opened (a [`Slot`] each).
+    slots: AtomicUsize,
     /// Bumped each time events may have been missed (a fresh queue).
     interruptions: watch::Sender<u64>,
+}
+
+/// How many sockets a replica keeps, in all and per user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketCaps {
+    /// `WS_MAX_SOCKETS` (default 20,000): upgrades beyond it get 503.
+    pub per_replica: usize,
+    /// `WS_MAX_SOCKETS_PER_USER` (default 10): a user's next socket closes their oldest (4008).
+    pub per_user: usize,
+}
+
+impl Default for SocketCaps {
+    fn default() -> Self {
+        Self {
+            per_replica: 20_000,
+            per_user: 10,
+        }
+    }
+}
+
+/// A place among the replica's sockets, taken at the upgrade and given back on drop.
+pub struct Slot {
+    hub: Arc<Hub>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.hub.slots.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a socket's task holds: its queue, removed from the hub on drop.
@@ -69,27 +101,53 @@ impl Drop for Registration {
 
 impl Hub {
     /// `queue`: frames a socket may have pending before it is dropped as a slow consumer.
-    pub fn new(metrics: WsMetrics, queue: usize) -> Self {
+    pub fn new(metrics: WsMetrics, queue: usize, caps: SocketCaps) -> Self {
         Self {
             conns: RwLock::default(),
             next_id: AtomicU64::new(1),
             metrics,
             queue: queue.max(1),
+            caps,
+            slots: AtomicUsize::new(0),
             interruptions: watch::channel(0).0,
         }
     }
 
+    /// A place for one more socket, or `None` when the replica holds `WS_MAX_SOCKETS`.
+    pub fn reserve(self: &Arc<Self>) -> Option<Slot> {
+        let taken = self
+            .slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.caps.per_replica).then_some(n + 1)
+            });
+        if taken.is_err() {
+            self.metrics.refused.inc();
+            return None;
+        }
+        Some(Slot { hub: self.clone() })
+    }
+
+    /// Registers a socket of `username`; beyond `WS_MAX_SOCKETS_PER_USER`, their oldest is
+    /// evicted (its task closes it with 4008).
     pub fn register(self: &Arc<Self>, username: &str) -> Registration {
         let outbox = Arc::new(Outbox::new(self.queue));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let username: Arc<str> = username.into();
-        self.write()
-            .entry(username.clone())
-            .or_default()
-            .push(Conn {
+        {
+            let mut conns = self.write();
+            let list = conns.entry(username.clone()).or_default();
+            // Sockets are pushed in order: the oldest come first.
+            let over = (list.len() + 1).saturating_sub(self.caps.per_user.max(1));
+            for old in list.drain(..over) {
+                old.outbox.evict();
+                self.metrics.evicted.inc();
+                self.metrics.open_sockets.dec();
+            }
+            list.push(Conn {
                 id,
                 outbox: outbox.clone(),
             });
+        }
         self.metrics.open_sockets.inc();
         let mut interruptions = self.interruptions.subscribe();
         interruptions.mark_unchanged();
@@ -114,6 +172,11 @@ impl Hub {
         self.metrics
             .catch_up
             .inc_by(u64::try_from(messages).unwrap_or(u64::MAX));
+    }
+
+    /// A socket was closed for sending too many frames.
+    pub fn flooding(&self) {
+        self.metrics.flooding.inc();
     }
 
     /// A socket could not read its catch-up and was closed (1013) to resume later.

@@ -18,7 +18,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use axum::{Router, extract::State, response::Response, routing::get};
 use catchup::ChatClient;
 use chat_common::{
@@ -27,11 +26,12 @@ use chat_common::{
     http::{Limits, readiness},
     jwt::{JwtSettings, TokenVerifier},
     metrics::{self, HttpMetrics},
+    server::{Listeners, ServerConfig, serve},
 };
 pub use consumer::EventSource;
-use hub::Hub;
+use hub::{Hub, SocketCaps};
 pub use socket::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 
 /// Socket tuning.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +47,11 @@ pub struct SocketConfig {
     /// `RESUME_MARGIN` (default 5 s): how far before its starting id a catch-up reads, for
     /// messages stored after a newer one was delivered.
     pub resume_margin: Duration,
+    /// `WS_MAX_SOCKETS` and `WS_MAX_SOCKETS_PER_USER`.
+    pub caps: SocketCaps,
+    /// `WS_MAX_FRAMES_PER_SEC` (default 20, bursts of twice that): a client sending faster is
+    /// closed with 1008.
+    pub max_frames_per_sec: u32,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
     pub max_write_buffer_bytes: usize,
@@ -60,6 +65,8 @@ impl Default for SocketConfig {
             max_message_bytes: 64 * 1024,
             write_timeout: Duration::from_secs(10),
             resume_margin: Duration::from_secs(5),
+            caps: SocketCaps::default(),
+            max_frames_per_sec: 20,
             // Clients send little (pongs); larger messages grow the buffer as needed.
             read_buffer_bytes: 256,
             write_buffer_bytes: 0,
@@ -118,6 +125,12 @@ impl Config {
                 max_message_bytes: vars.positive_or("WS_MAX_MESSAGE_BYTES", s.max_message_bytes)?,
                 write_timeout: vars.nonzero_duration_or("WS_WRITE_TIMEOUT", s.write_timeout)?,
                 resume_margin: vars.nonzero_duration_or("RESUME_MARGIN", s.resume_margin)?,
+                caps: SocketCaps {
+                    per_replica: vars.positive_or("WS_MAX_SOCKETS", s.caps.per_replica)?,
+                    per_user: vars.positive_or("WS_MAX_SOCKETS_PER_USER", s.caps.per_user)?,
+                },
+                max_frames_per_sec: vars
+                    .positive_or("WS_MAX_FRAMES_PER_SEC", s.max_frames_per_sec)?,
                 ..s
             },
             common,
@@ -142,25 +155,33 @@ impl Config {
 /// listener, built from the configuration alone. `main`, the standalone stack and the tests all
 /// start it this way.
 pub struct App {
-    listener: TcpListener,
+    listeners: Listeners,
+    server: ServerConfig,
     state: AppState,
 }
 
 impl App {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.common.bind)
-            .await
-            .with_context(|| format!("listening on {}", config.common.bind))?;
+        let listeners = Listeners::bind(config.common.bind, &config.common.server).await?;
         let state = AppState::new(config)?;
         if config.rabbitmq_url.is_none() {
             tracing::info!("no RABBITMQ_URL: events come from the in-process bus");
         }
         state.start_consumer(config.event_source());
-        Ok(Self { listener, state })
+        Ok(Self {
+            listeners,
+            server: config.common.server.clone(),
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener")
+        self.listeners.api_addr()
+    }
+
+    /// Where `/metrics` is served when `METRICS_PORT` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.listeners.metrics_addr()
     }
 
     /// The connection registry (tests signal interruptions through it).
@@ -173,7 +194,19 @@ impl App {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        run(self.listener, self.state, shutdown).await
+        let stop = self.state.stop.clone();
+        let metrics = self.state.http_metrics.clone();
+        serve(
+            self.listeners,
+            router(self.state),
+            &metrics,
+            &self.server,
+            async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            },
+        )
+        .await
     }
 }
 
@@ -188,6 +221,9 @@ pub struct WsMetrics {
     pub interruptions: prometheus::IntCounter,
     pub catch_up: prometheus::IntCounter,
     pub catch_up_failures: prometheus::IntCounter,
+    pub refused: prometheus::IntCounter,
+    pub evicted: prometheus::IntCounter,
+    pub flooding: prometheus::IntCounter,
 }
 
 #[derive(Clone)]
@@ -235,7 +271,22 @@ impl AppState {
                 "ws_catch_up_failures_total",
                 "Catch-ups that could not be read; their sockets were closed with 1013.",
             )?,
+            refused: prometheus::IntCounter::new(
+                "ws_sockets_refused_total",
+                "Upgrades refused with 503 because the replica held WS_MAX_SOCKETS.",
+            )?,
+            evicted: prometheus::IntCounter::new(
+                "ws_sockets_evicted_total",
+                "Sockets closed (4008) because their user opened more than WS_MAX_SOCKETS_PER_USER.",
+            )?,
+            flooding: prometheus::IntCounter::new(
+                "ws_sockets_flooding_total",
+                "Sockets closed (1008) for sending more than WS_MAX_FRAMES_PER_SEC.",
+            )?,
         };
+        http_metrics.register(metrics.refused.clone());
+        http_metrics.register(metrics.evicted.clone());
+        http_metrics.register(metrics.flooding.clone());
         http_metrics.register(metrics.open_sockets.clone());
         http_metrics.register(metrics.deliveries.clone());
         http_metrics.register(metrics.slow_dropped.clone());
@@ -246,7 +297,7 @@ impl AppState {
         http_metrics.register(metrics.catch_up_failures.clone());
         let (stop, shutdown) = watch::channel(false);
         Ok(Self {
-            hub: Arc::new(Hub::new(metrics, config.socket.queue)),
+            hub: Arc::new(Hub::new(metrics, config.socket.queue, config.socket.caps)),
             chat: ChatClient::new(
                 &config.chat_service_url,
                 config.common.limits.request_timeout,
@@ -289,18 +340,4 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .with_state(state);
     chat_common::http::finish_router(routes, &metrics, limits)
-}
-
-/// Serves until `shutdown` resolves; then closes every socket with 1001 and stops consuming.
-pub async fn run<F>(listener: TcpListener, state: AppState, shutdown: F) -> std::io::Result<()>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let stop = state.stop.clone();
-    let app = router(state);
-    chat_common::http::serve(listener, app, async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    })
-    .await
 }

@@ -1,12 +1,13 @@
 //! A socket's outgoing queue: bounded, single consumer, and allocation-free while empty (an idle
 //! socket holds no queue storage). Full means the client stopped reading: the queue is then
-//! marked dropped and its socket task closes the socket.
+//! marked dropped and its socket task closes the socket. A socket pushed out by its user's newer
+//! ones (the per-user cap) is marked evicted the same way.
 
 use std::{
     collections::VecDeque,
     sync::{
         Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
 };
 
@@ -22,9 +23,14 @@ pub type Queued = (MessageId, Utf8Bytes);
 pub struct Outbox {
     frames: Mutex<VecDeque<Queued>>,
     capacity: usize,
-    dropped: AtomicBool,
+    /// `OPEN`, `DROPPED` or `EVICTED`.
+    state: AtomicU8,
     wake: Notify,
 }
+
+const OPEN: u8 = 0;
+const DROPPED: u8 = 1;
+const EVICTED: u8 = 2;
 
 /// What the socket task gets next.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub enum Next {
     Frame(MessageId, Utf8Bytes),
     /// The queue overflowed: close the socket.
     Dropped,
+    /// The user opened more sockets than they may keep: close this (their oldest).
+    Evicted,
 }
 
 impl Outbox {
@@ -39,7 +47,7 @@ impl Outbox {
         Self {
             frames: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
-            dropped: AtomicBool::new(false),
+            state: AtomicU8::new(OPEN),
             wake: Notify::new(),
         }
     }
@@ -57,8 +65,7 @@ impl Outbox {
             frames.clear();
             frames.shrink_to_fit();
             drop(frames);
-            self.dropped.store(true, Ordering::Release);
-            self.wake.notify_one();
+            self.close(DROPPED);
             return false;
         }
         frames.push_back((id, frame));
@@ -67,20 +74,36 @@ impl Outbox {
         true
     }
 
+    fn close(&self, why: u8) {
+        // The first verdict stands.
+        let _ = self
+            .state
+            .compare_exchange(OPEN, why, Ordering::AcqRel, Ordering::Acquire);
+        self.wake.notify_one();
+    }
+
+    /// Closes the socket: its user has newer ones beyond the cap.
+    pub fn evict(&self) {
+        self.close(EVICTED);
+    }
+
     /// Takes what is queued now without waiting (a socket catching up moves live frames aside
-    /// so its queue does not overflow meanwhile); `None` once the queue overflowed.
-    pub fn take_queued(&self) -> Option<VecDeque<Queued>> {
-        if self.dropped.load(Ordering::Acquire) {
-            return None;
+    /// so its queue does not overflow meanwhile); the verdict once the socket must close.
+    pub fn take_queued(&self) -> Result<VecDeque<Queued>, Next> {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => Ok(std::mem::take(&mut *self.lock())),
+            DROPPED => Err(Next::Dropped),
+            _ => Err(Next::Evicted),
         }
-        Some(std::mem::take(&mut *self.lock()))
     }
 
     /// Waits for the next frame, or for the verdict that the socket fell too far behind.
     pub async fn next(&self) -> Next {
         loop {
-            if self.dropped.load(Ordering::Acquire) {
-                return Next::Dropped;
+            match self.state.load(Ordering::Acquire) {
+                OPEN => {}
+                DROPPED => return Next::Dropped,
+                _ => return Next::Evicted,
             }
             if let Some((id, frame)) = self.lock().pop_front() {
                 return Next::Frame(id, frame);
@@ -124,11 +147,25 @@ mod tests {
         assert!(o.push(id(1), "a".into()));
         assert!(o.push(id(2), "b".into()));
         assert!(!o.push(id(3), "c".into()), "full");
-        assert!(o.take_queued().is_none());
+        assert_eq!(o.take_queued(), Err(Next::Dropped));
         assert_eq!(
             o.next().await,
             Next::Dropped,
             "pending frames are discarded"
         );
+        o.evict();
+        assert_eq!(o.next().await, Next::Dropped, "the first verdict stands");
+    }
+
+    #[tokio::test]
+    async fn eviction_wakes_the_socket() {
+        let o = std::sync::Arc::new(Outbox::new(2));
+        let waiter = tokio::spawn({
+            let o = o.clone();
+            async move { o.next().await }
+        });
+        tokio::task::yield_now().await;
+        o.evict();
+        assert_eq!(waiter.await.unwrap(), Next::Evicted);
     }
 }

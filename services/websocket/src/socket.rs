@@ -10,11 +10,11 @@ use axum::{
         State, WebSocketUpgrade,
         ws::{CloseFrame, Message, WebSocket, rejection::WebSocketUpgradeRejection},
     },
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use chat_common::{
-    http::{Query, bearer_token, error_response},
+    http::{Query, bearer_token, error_response, with_retry_after},
     jwt::{TokenError, User},
     time::now_secs,
 };
@@ -23,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use crate::{
     AppState,
     catchup::{MessageId, PAGE, RecentIds},
-    hub::Registration,
+    hub::{Registration, Slot},
     outbox::{Next, Queued},
 };
 
@@ -35,12 +35,25 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// A catch-up could not be read (chat-service unreachable): reconnect with `last_id` later.
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
+/// The user opened more than `WS_MAX_SOCKETS_PER_USER` sockets: this one, their oldest, is
+/// closed (a client should not reconnect it automatically).
+pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4008;
+
+/// The close frame for a socket its queue has closed.
+fn closing(verdict: &Next) -> Message {
+    match verdict {
+        Next::Evicted => close(CLOSE_TOO_MANY_SOCKETS, "Too many connections for this user"),
+        _ => close(CLOSE_POLICY, "Too slow"),
+    }
+}
 
 /// Sub-protocol a client may offer next to its token (`Sec-WebSocket-Protocol: bearer, <jwt>`).
 const BEARER_PROTOCOL: &str = "bearer";
 
 /// `GET /?token=<JWT>` with an upgrade. The token may also come as `Authorization: Bearer` or as a
-/// `Sec-WebSocket-Protocol` value. A missing or bad token is closed at once with code 4001.
+/// `Sec-WebSocket-Protocol` value next to `bearer` (the only protocol ever selected: a token is
+/// never echoed in a response header). A missing or bad token is closed at once with code 4001;
+/// a replica holding `WS_MAX_SOCKETS` answers 503.
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -72,7 +85,7 @@ pub async fn upgrade(
         .get("token")
         .cloned()
         .or_else(|| bearer_token(&headers).map(str::to_owned))
-        .or(from_protocol.clone());
+        .or(from_protocol);
     let last_id = match query.get("last_id").map(|id| MessageId::parse(id)) {
         None => None,
         Some(Some(id)) => Some(id),
@@ -96,20 +109,28 @@ pub async fn upgrade(
         .read_buffer_size(state.config.read_buffer_bytes)
         .write_buffer_size(state.config.write_buffer_bytes)
         .max_write_buffer_size(state.config.max_write_buffer_bytes);
-    // A browser passing its token as a sub-protocol must get one of its offers back.
+    // A browser passing its token as a sub-protocol must get one of its offers back: `bearer`,
+    // never the token (response headers end up in logs and proxies).
     if offered.iter().any(|p| p == BEARER_PROTOCOL) {
         ws = ws.protocols([BEARER_PROTOCOL]);
-    } else if let Some(p) = from_protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
-        ws.set_selected_protocol(p);
     }
     match verdict {
         Ok(user) => {
+            let Some(slot) = state.hub.reserve() else {
+                return with_retry_after(
+                    error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "This replica holds as many sockets as it may: try again later",
+                    ),
+                    5,
+                );
+            };
             let session = Session {
                 token: token.unwrap_or_default().into_boxed_str(),
                 expires_at: user.expires_at,
                 last_id,
             };
-            ws.on_upgrade(move |socket| serve(socket, user, session, state))
+            ws.on_upgrade(move |socket| serve(socket, user, session, state, slot))
         }
         Err(reason) => ws.on_upgrade(move |mut socket| async move {
             let _ = socket.send(close(CLOSE_UNAUTHORIZED, reason)).await;
@@ -134,10 +155,11 @@ struct Session {
     last_id: Option<MessageId>,
 }
 
-async fn serve(socket: WebSocket, user: User, session: Session, state: AppState) {
+async fn serve(socket: WebSocket, user: User, session: Session, state: AppState, slot: Slot) {
     let registration = state.hub.register(&user.username);
     drop(user); // Idle sockets are many: keep nothing the task does not need.
     run_socket(socket, registration, session, &state).await;
+    drop(slot);
 }
 
 /// Why a socket task stops writing: `Some` close frame to send, or `None` (the peer is gone).
@@ -226,8 +248,9 @@ where
         }
         state.hub.caught_up(page.len());
         match reg.outbox.take_queued() {
-            Some(live) if held.len() + live.len() <= state.config.queue * 4 => held.extend(live),
-            _ => return Err(Some(close(CLOSE_POLICY, "Too slow"))),
+            Ok(live) if held.len() + live.len() <= state.config.queue * 4 => held.extend(live),
+            Ok(_) => return Err(Some(close(CLOSE_POLICY, "Too slow"))),
+            Err(verdict) => return Err(Some(closing(&verdict))),
         }
         if page.len() < PAGE {
             break;
@@ -268,6 +291,10 @@ where
     let ping = tokio::time::sleep(ping_every);
     tokio::pin!(ping);
     let mut missed_pongs = 0u32;
+    // Each ping carries a fresh number; only a pong that echoes it proves the client reads (a
+    // client that sends but never reads cannot answer, and is dropped after two intervals).
+    let mut ping_nonce = 0u64;
+    let mut frames = FrameBudget::new(state.config.max_frames_per_sec);
     let expiry = tokio::time::sleep(Duration::from_secs(
         session.expires_at.saturating_sub(now_secs()),
     ));
@@ -305,7 +332,7 @@ where
         tokio::select! {
             next = reg.outbox.next() => {
                 let Next::Frame(id, frame) = next else {
-                    break Some(close(CLOSE_POLICY, "Too slow"));
+                    break Some(closing(&next));
                 };
                 if let Err(stop) = writer.frame(id, frame).await {
                     break stop;
@@ -332,18 +359,62 @@ where
                     break None;
                 }
                 missed_pongs += 1;
-                if tokio::time::timeout(writer.write_timeout, writer.socket.send(Message::Ping(axum::body::Bytes::new()))).await.is_err() {
+                ping_nonce += 1;
+                let payload = axum::body::Bytes::copy_from_slice(&ping_nonce.to_be_bytes());
+                if tokio::time::timeout(writer.write_timeout, writer.socket.send(Message::Ping(payload))).await.is_err() {
                     break None;
                 }
             }
             () = &mut expiry => break Some(close(CLOSE_UNAUTHORIZED, "Token expired")),
             _ = shutdown.changed() => break Some(close(CLOSE_GOING_AWAY, "Server shutting down")),
-            incoming = writer.socket.next() => match incoming {
-                None | Some(Err(_) | Ok(Message::Close(_))) => break None,
-                // Any traffic proves the client alive; clients send nothing else we act on.
-                Some(Ok(_)) => missed_pongs = 0,
-            },
+            incoming = writer.socket.next() => {
+                if !frames.take() {
+                    state.hub.flooding();
+                    break Some(close(CLOSE_POLICY, "Too many frames"));
+                }
+                match incoming {
+                    None | Some(Err(_) | Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Pong(payload))) => {
+                        if payload.as_ref() == ping_nonce.to_be_bytes() {
+                            missed_pongs = 0;
+                        }
+                    }
+                    // Clients send nothing else we act on.
+                    Some(Ok(_)) => {}
+                }
+            }
         }
+    }
+}
+
+/// A token bucket of incoming frames: `per_sec` refilled each second, bursts of twice that.
+struct FrameBudget {
+    per_sec: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl FrameBudget {
+    fn new(per_sec: u32) -> Self {
+        let per_sec = f64::from(per_sec.max(1));
+        Self {
+            per_sec,
+            tokens: per_sec * 2.0,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes one frame's token; `false` when the client sends faster than allowed.
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.per_sec * 2.0);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
     }
 }
 

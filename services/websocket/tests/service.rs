@@ -19,7 +19,7 @@ struct Services {
     hub: std::sync::Arc<websocket_service::hub::Hub>,
     bus: LocalBus,
     _dir: tempfile::TempDir,
-    _stops: Vec<oneshot::Sender<()>>,
+    stops: Vec<oneshot::Sender<()>>,
 }
 
 fn env(dir: &std::path::Path, extra: &[(&str, String)]) -> Vars<Vec<(String, String)>> {
@@ -29,6 +29,11 @@ fn env(dir: &std::path::Path, extra: &[(&str, String)]) -> Vars<Vec<(String, Str
 /// The services; chat-service publishes to websocket-service's bus if `connected`, else to a
 /// bus of its own (its events then never reach a socket live).
 async fn start_with(connected: bool) -> Services {
+    start_configured(connected, &[]).await
+}
+
+/// As [`start_with`], websocket-service with `ws_extra` in its environment.
+async fn start_configured(connected: bool, ws_extra: &[(&str, String)]) -> Services {
     let dir = tempfile::tempdir().unwrap();
     let mut stops = Vec::new();
     let auth =
@@ -46,7 +51,7 @@ async fn start_with(connected: bool) -> Services {
         &[("AUTH_SERVICE_URL", format!("http://{auth_addr}"))],
     ))
     .unwrap();
-    let mut config = websocket_service::Config::from_env(&env(dir.path(), &[])).unwrap();
+    let mut config = websocket_service::Config::from_env(&env(dir.path(), ws_extra)).unwrap();
     if connected {
         chat_config.local_bus = config.local_bus.clone();
     }
@@ -82,7 +87,7 @@ async fn start_with(connected: bool) -> Services {
         hub,
         bus,
         _dir: dir,
-        _stops: stops,
+        stops,
     }
 }
 
@@ -281,4 +286,180 @@ async fn after_an_interruption_open_sockets_catch_up_from_the_store() {
         again.extend(drain(&mut socket).await);
     }
     assert!(again.is_empty(), "{again:?}");
+}
+
+/// The close frame that ends `socket` within 5 s (frames before it skipped).
+async fn close_code<S>(socket: &mut S) -> Option<u16>
+where
+    S: futures_util::Stream<Item = tokio_tungstenite::tungstenite::Result<Message>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("closed within 5 s")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return None,
+        }
+    }
+}
+
+/// The attack from the issue: one user opening sockets without end. The 11th closes the
+/// oldest (4008); the newest ten keep getting the user's messages.
+#[tokio::test]
+async fn a_users_eleventh_socket_closes_their_oldest_with_4008() {
+    let services = start_configured(true, &[("WS_MAX_SOCKETS_PER_USER", "10".into())]).await;
+    let alice = services.user("alice").await;
+    let bob = services.user("bob").await;
+    let mut sockets = Vec::new();
+    for _ in 0..11 {
+        sockets.push(services.connect(&bob, None).await);
+    }
+    assert_eq!(services.hub.open_sockets(), 10);
+    let mut oldest = sockets.remove(0);
+    assert_eq!(close_code(&mut oldest).await, Some(4008));
+    services.send(&alice, "bob", "to every device").await;
+    for socket in &mut sockets {
+        assert_eq!(next_json(socket).await["content"], "to every device");
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", services.websocket))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        chat_common::metrics::sample(&metrics, "ws_sockets_evicted_total"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_full_replica_refuses_upgrades_with_503() {
+    let services = start_configured(true, &[("WS_MAX_SOCKETS", "3".into())]).await;
+    let bob = services.user("bob").await;
+    let carol = services.user("carol").await;
+    let held = [
+        services.connect(&bob, None).await,
+        services.connect(&bob, None).await,
+        services.connect(&carol, None).await,
+    ];
+    let refused =
+        tokio_tungstenite::connect_async(format!("ws://{}/?token={carol}", services.websocket))
+            .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _again = services.connect(&carol, None).await;
+    assert_eq!(
+        services.hub.open_sockets(),
+        1,
+        "room again once sockets close"
+    );
+}
+
+#[tokio::test]
+async fn a_client_flooding_frames_is_closed_with_1008() {
+    use futures_util::SinkExt;
+    let services = start_configured(true, &[("WS_MAX_FRAMES_PER_SEC", "10".into())]).await;
+    let bob = services.user("bob").await;
+    let mut socket = services.connect(&bob, None).await;
+    for i in 0..100 {
+        if socket
+            .send(Message::text(format!("spam {i}")))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(close_code(&mut socket).await, Some(1008));
+    // Within the rate, a client is never bothered.
+    let mut calm = services.connect(&bob, None).await;
+    for _ in 0..10 {
+        calm.send(Message::Pong(Vec::new().into())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(300), calm.next()).await;
+    assert!(quiet.is_err(), "still open, nothing sent: {quiet:?}");
+}
+
+/// A client that keeps sending but never reads cannot answer pings (their payload changes each
+/// time), so it is dropped after two ping intervals however busy its own side is.
+#[tokio::test]
+async fn a_client_that_sends_but_never_reads_is_dropped() {
+    use futures_util::SinkExt;
+    let services = start_configured(true, &[("WS_PING_INTERVAL", "300ms".into())]).await;
+    let bob = services.user("bob").await;
+    let socket = services.connect(&bob, None).await;
+    let (mut sink, _never_read) = socket.split();
+    let started = std::time::Instant::now();
+    while services.hub.open_sockets() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still registered after {:?}",
+            started.elapsed()
+        );
+        // Unsolicited pongs, as a client's heartbeat: they do not prove it reads.
+        let _ = sink.send(Message::Pong(Vec::new().into())).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A token offered as a sub-protocol is used, never echoed: the answer selects `bearer`.
+#[tokio::test]
+async fn a_token_in_the_protocol_header_is_never_echoed() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let services = start().await;
+    let bob = services.user("bob").await;
+    let mut request = format!("ws://{}/", services.websocket)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("bearer, {bob}").parse().unwrap(),
+    );
+    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "bearer");
+    for (name, value) in response.headers() {
+        assert!(
+            !value.to_str().unwrap_or_default().contains(&bob),
+            "{name} echoes the token"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let alice = services.user("alice").await;
+    services
+        .send(&alice, "bob", "authenticated by protocol")
+        .await;
+    assert_eq!(
+        next_json(&mut socket).await["content"],
+        "authenticated by protocol"
+    );
+}
+
+/// SIGTERM's path: the server stops and every socket is closed with 1001 before it exits.
+#[tokio::test]
+async fn shutdown_closes_every_socket_with_1001() {
+    let mut services = start().await;
+    let bob = services.user("bob").await;
+    let mut a = services.connect(&bob, None).await;
+    let mut b = services.connect(&bob, None).await;
+    // The websocket replica's stop is the last one pushed.
+    drop(services.stops.pop());
+    assert_eq!(close_code(&mut a).await, Some(1001));
+    assert_eq!(close_code(&mut b).await, Some(1001));
 }
