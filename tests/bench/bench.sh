@@ -23,12 +23,16 @@ cargo build --profile dist --locked --bin auth-service --bin chat-service --bin 
 BIN="$CARGO_TARGET_DIR/dist"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# The defaults protect a public deployment; a benchmark sends thousands of messages a second from
+# a few users, registers its users from one address and opens 10,000 sockets for one user
+# (chat_common::testing::LOAD_TEST_LIMITS, which the tests use, holds the same).
+LIMITS=(SEND_RATE_PER_USER=100000 SEND_BURST=100000 REGISTER_MAX_PER_ADDRESS=0 WS_MAX_SOCKETS_PER_USER=20000)
 SECRET="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 EXCHANGE="bench_exchange_$$"
 AUTH_PORT=$(free_port); CHAT_PORT=$(free_port); WS_PORT=$(free_port)
 start() { # name port env...
   local name=$1 port=$2; shift 2
-  env "$@" PORT="$port" JWT_SECRET="$SECRET" RUST_LOG=warn "$BIN/$name" >"$RUN_DIR/$name.log" 2>&1 &
+  env "${LIMITS[@]}" "$@" PORT="$port" JWT_SECRET="$SECRET" RUST_LOG=warn "$BIN/$name" >"$RUN_DIR/$name.log" 2>&1 &
   EXTRA_PIDS+=($!)
   wait_port 127.0.0.1 "$port" 30 "$name"
 }
@@ -75,7 +79,7 @@ for pid in "${EXTRA_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 EXTRA_PIDS=()
 log "standalone chat-stack (embedded store, in-process fan-out)"
 DATA=$(mktemp -d "$RUN_DIR/stack.XXXX")
-env DATA_DIR="$DATA" AUTH_PORT="$AUTH_PORT" CHAT_PORT="$CHAT_PORT" WS_PORT="$WS_PORT" BIND_ADDR=127.0.0.1 RUST_LOG=warn \
+env "${LIMITS[@]}" DATA_DIR="$DATA" AUTH_PORT="$AUTH_PORT" CHAT_PORT="$CHAT_PORT" WS_PORT="$WS_PORT" BIND_ADDR=127.0.0.1 RUST_LOG=warn \
   "$BIN/chat-stack" >"$RUN_DIR/chat-stack.log" 2>&1 &
 EXTRA_PIDS+=($!)
 wait_port 127.0.0.1 "$WS_PORT" 30 chat-stack

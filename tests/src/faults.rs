@@ -97,6 +97,11 @@ fn ensure_binaries() -> &'static Path {
     })
 }
 
+/// The path of a service binary, built if need be.
+pub fn service_binary(name: &str) -> PathBuf {
+    ensure_binaries().join(name)
+}
+
 /// One service binary running as a process, restartable with the same settings.
 pub struct Service {
     pub name: &'static str,
@@ -107,6 +112,7 @@ pub struct Service {
 }
 
 impl Service {
+    /// Starts `name` with `env` (over `JWT_SECRET` = [`SECRET`] and `RUST_LOG=info`).
     pub async fn start(name: &'static str, env: &[(&str, String)]) -> Self {
         let mut service = Self {
             name,
@@ -132,11 +138,11 @@ impl Service {
             .unwrap();
         let child = Command::new(bin)
             .envs(chat_common::testing::LOAD_TEST_LIMITS.iter().copied())
+            .env("JWT_SECRET", SECRET)
+            .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PORT", self.port.to_string())
             .env("BIND_ADDR", "127.0.0.1")
-            .env("JWT_SECRET", SECRET)
-            .env("RUST_LOG", "info")
             // The services log to stdout.
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -165,6 +171,11 @@ impl Service {
         let child = self.child.as_ref().expect("running");
         let sent = signal(child.id(), if paused { "STOP" } else { "CONT" });
         assert!(sent, "cannot signal {}", self.name);
+    }
+
+    /// Everything the service has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The service's log, for a failure message.

@@ -240,3 +240,20 @@ fn each_services_env_example_is_what_its_code_reads_with_its_defaults() {
         &read_by(websocket_service::Config::from_env),
     );
 }
+
+/// The benchmark lifts the same limits as the tests (the defaults protect a public deployment).
+#[test]
+fn the_benchmark_lifts_the_same_limits_as_the_tests() {
+    let script = std::fs::read_to_string(repo_root().join("tests/bench/bench.sh")).unwrap();
+    let line = script
+        .lines()
+        .find_map(|l| l.strip_prefix("LIMITS=("))
+        .expect("bench.sh sets LIMITS=(...)")
+        .trim_end_matches(')');
+    let in_script: BTreeSet<String> = line.split_whitespace().map(str::to_owned).collect();
+    let in_tests: BTreeSet<String> = chat_common::testing::LOAD_TEST_LIMITS
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert_eq!(in_script, in_tests);
+}
