@@ -36,6 +36,10 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
   cargo fmt --all --check
   log "cargo clippy"
   cargo clippy --workspace --all-targets --locked -- -D warnings
+  ensure_cargo_deny
+  log "cargo deny check licenses bans sources"
+  # The advisory database cannot be fetched on the CI machine: advisories are checked elsewhere.
+  "$CARGO_DENY" check --hide-inclusion-graph licenses bans sources
 fi
 log "cargo test (TEST_MONGODB_URL=$TEST_MONGODB_URL)"
 set +e

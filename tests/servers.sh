@@ -206,6 +206,7 @@ ensure_images() {
 # dclint, the Compose file linter (npm), for tests/tests/compose.rs: installed once per version
 # into the cache (about 5 s cold). Exports TEST_DCLINT.
 DCLINT_VERSION="3.1.0"
+CARGO_DENY_VERSION=0.20.2
 ensure_dclint() {
   local dir="$CACHE/npm/dclint-$DCLINT_VERSION"
   if [ ! -x "$dir/node_modules/.bin/dclint" ]; then
@@ -221,6 +222,20 @@ ensure_dclint() {
     rm -rf "$dir" && mv "$dir.tmp" "$dir"
   fi
   export TEST_DCLINT="$dir/node_modules/.bin/dclint"
+}
+
+# cargo-deny, built once from crates.io into the cache (keyed by its version): licenses, bans and
+# sources of the dependency tree against deny.toml.
+ensure_cargo_deny() {
+  local dir="$CACHE/tools/cargo-deny-$CARGO_DENY_VERSION"
+  if [ ! -x "$dir/bin/cargo-deny" ]; then
+    log "building cargo-deny $CARGO_DENY_VERSION into $dir (once)"
+    # Its own target directory: the workspace's stays free of its artifacts.
+    CARGO_TARGET_DIR="$CACHE/tools/cargo-deny-build" cargo install cargo-deny --version "$CARGO_DENY_VERSION" \
+      --locked --no-default-features --root "$dir.tmp" >&2 || { rm -rf "$dir.tmp"; return 1; }
+    rm -rf "$dir" "$CACHE/tools/cargo-deny-build" && mv "$dir.tmp" "$dir"
+  fi
+  export CARGO_DENY="$dir/bin/cargo-deny"
 }
 
 # helm and promcheck (Prometheus' PromQL parser, tests/k8s/promcheck) on PATH for the dashboard

@@ -233,6 +233,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A username is accepted exactly when it has 3 to 32 characters, each a letter, a
+        /// digit, `_`, `.` or `-` (so no query operator, space or control character gets in).
+        #[test]
+        fn usernames_are_accepted_exactly_by_the_rules(name in "\\PC{0,40}|[A-Za-z0-9_.-]{0,40}") {
+            let allowed = (3..=32).contains(&name.chars().count())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            proptest::prop_assert_eq!(validate_username(&name).is_ok(), allowed);
+        }
+
+        /// A password is accepted exactly when it has 8 to 128 characters (not bytes).
+        #[test]
+        fn passwords_are_accepted_by_length_in_characters(password in "\\PC{0,140}") {
+            let allowed = (8..=128).contains(&password.chars().count());
+            proptest::prop_assert_eq!(validate_password(&password).is_ok(), allowed);
+        }
+    }
+
     #[test]
     fn password_rules() {
         assert!(validate_password("12345678").is_ok());
