@@ -28,6 +28,7 @@ if [ $# -eq 0 ] || [[ " $* " == *" e2e-tests "* ]] || [[ " $* " != *" -p "* ]]; 
   ensure_k8s_tools
   ensure_dclint
   ensure_images
+  ensure_schemathesis
 fi
 export TEST_RABBITMQ_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
 

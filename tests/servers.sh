@@ -207,6 +207,7 @@ ensure_images() {
 # into the cache (about 5 s cold). Exports TEST_DCLINT.
 DCLINT_VERSION="3.1.0"
 CARGO_DENY_VERSION=0.20.2
+SCHEMATHESIS_VERSION=4.32.5
 ensure_dclint() {
   local dir="$CACHE/npm/dclint-$DCLINT_VERSION"
   if [ ! -x "$dir/node_modules/.bin/dclint" ]; then
@@ -222,6 +223,24 @@ ensure_dclint() {
     rm -rf "$dir" && mv "$dir.tmp" "$dir"
   fi
   export TEST_DCLINT="$dir/node_modules/.bin/dclint"
+}
+
+# Schemathesis (PyPI), in a venv of its own keyed by its version: the contract test
+# (tests/tests/contract.rs) runs it against the live services.
+ensure_schemathesis() {
+  local venv="$CACHE/venv-schemathesis-$SCHEMATHESIS_VERSION"
+  # `.complete` is written last: an interrupted install is redone.
+  if [ ! -f "$venv/.complete" ]; then
+    log "installing schemathesis==$SCHEMATHESIS_VERSION into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >/dev/null 2>&1 || {
+      as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$venv"
+    }
+    "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    touch "$venv/.complete"
+  fi
+  export TEST_SCHEMATHESIS="$venv/bin/st"
 }
 
 # cargo-deny, built once from crates.io into the cache (keyed by its version): licenses, bans and

@@ -13,7 +13,7 @@ use crate::{AppState, AuthError, store::UserRecord};
 
 /// `POST /auth/register` and `POST /auth/login` bodies. A JSON object or array where a string
 /// belongs (`{"$ne": null}`) fails deserialisation: a 400, never a query operator.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
     username: String,
     password: String,
@@ -57,6 +57,23 @@ fn validate_password(password: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "Registered", body = crate::openapi::Registered),
+        (status = 400, description = "Invalid username (3 to 32 of `A-Z a-z 0-9 _ . -`) or password (8 to 128 characters), or a malformed body", body = crate::openapi::ApiError),
+        (status = 409, description = "Username is already taken", body = crate::openapi::ApiError),
+        (status = 413, description = "Body over `MAX_BODY_BYTES`", body = crate::openapi::ApiError),
+        (status = 415, description = "Body not `application/json`", body = crate::openapi::ApiError),
+        (status = 429, description = "Too many registrations from this address", body = crate::openapi::ApiError,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Database unavailable or hashing queue full", body = crate::openapi::ApiError,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn register(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -107,6 +124,23 @@ pub async fn register(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Logged in", body = crate::openapi::LoggedIn),
+        (status = 400, description = "Missing username or password, or a malformed body", body = crate::openapi::ApiError),
+        (status = 401, description = "Invalid username or password (the same for an unknown user)", body = crate::openapi::ApiError),
+        (status = 413, description = "Body over `MAX_BODY_BYTES`", body = crate::openapi::ApiError),
+        (status = 415, description = "Body not `application/json`", body = crate::openapi::ApiError),
+        (status = 429, description = "Too many failed logins for this account from this address, or from this address", body = crate::openapi::ApiError,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Database unavailable or hashing queue full", body = crate::openapi::ApiError,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -185,6 +219,21 @@ async fn verify(
 }
 
 /// `GET /auth/user-by-username?username=`: for a signed-in user or one of our services.
+#[utoipa::path(
+    get,
+    path = "/auth/user-by-username",
+    tag = "auth",
+    params(("username" = String, Query, description = "The username to look up")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user's id", body = crate::openapi::UserId),
+        (status = 400, description = "Username is required, or a malformed query", body = crate::openapi::ApiError),
+        (status = 401, description = "No valid token", body = crate::openapi::ApiError),
+        (status = 404, description = "User not found", body = crate::openapi::ApiError),
+        (status = 503, description = "Database unavailable", body = crate::openapi::ApiError,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn user_by_username(
     State(state): State<AppState>,
     Caller(_caller): Caller,
@@ -206,6 +255,16 @@ pub async fn user_by_username(
 }
 
 /// `GET /readyz`: the user store answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::Readiness),
+        (status = 503, description = "Not ready: the message names what is unavailable", body = crate::openapi::Readiness,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await.map_err(|e| e.to_string());
     readiness(&[("store", store)])

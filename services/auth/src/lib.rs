@@ -9,10 +9,11 @@ pub mod throttle;
 
 mod handlers;
 mod migrate;
+pub mod openapi;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::FromRef, routing::get, routing::post};
+use axum::{Router, extract::FromRef, response::IntoResponse, routing::get, routing::post};
 use chat_common::{
     config::{CommonConfig, ConfigError, Durability, SecretUrl, Source, Vars},
     http::Limits,
@@ -276,6 +277,17 @@ impl AppState {
     }
 }
 
+/// `GET /openapi.json`: this service's OpenAPI document.
+async fn openapi_json() -> axum::response::Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(openapi::document).clone();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 /// The service's routes, with health, metrics and the common middleware.
 pub fn router(state: AppState) -> Router {
     let metrics = state.http_metrics.clone();
@@ -285,6 +297,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(handlers::login))
         .route("/auth/user-by-username", get(handlers::user_by_username))
         .route("/readyz", get(handlers::readyz))
+        .route("/openapi.json", get(openapi_json))
         .with_state(state);
     chat_common::http::finish_router(routes, &metrics, limits)
 }

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// `POST /chat/send`. `sender` is optional: the sender is the token's user.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SendBody {
     sender: Option<String>,
     recipient: String,
@@ -74,6 +74,27 @@ fn replay(original: &Message, recipient: &str, content: &str) -> Result<Response
     Ok(response)
 }
 
+#[utoipa::path(
+    post,
+    path = "/chat/send",
+    tag = "chat",
+    request_body = SendBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a retry with the same key stores nothing new and answers the original message")),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Stored (and published, or left to the outbox to publish)", body = crate::openapi::Sent),
+        (status = 200, description = "A retry of a stored send (`Idempotent-Replayed: true`)", body = crate::openapi::Sent),
+        (status = 400, description = "Missing recipient, empty or too long content, a bad key or name, or a malformed body", body = crate::openapi::ApiError),
+        (status = 401, description = "No valid token", body = crate::openapi::ApiError),
+        (status = 403, description = "`sender` names someone else", body = crate::openapi::ApiError),
+        (status = 404, description = "Recipient not found", body = crate::openapi::ApiError),
+        (status = 413, description = "Body over `MAX_BODY_BYTES`", body = crate::openapi::ApiError),
+        (status = 415, description = "Body not `application/json`", body = crate::openapi::ApiError),
+        (status = 422, description = "The key already stored a different message", body = crate::openapi::ApiError),
+        (status = 429, description = "Over the sender's `SEND_RATE_PER_USER`", body = crate::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Database or auth-service unavailable", body = crate::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn send(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -170,6 +191,26 @@ fn parse_id(name: &str, value: &str) -> Result<ObjectId, ChatError> {
 }
 
 /// `GET /chat/history?user1=&user2=[&limit=][&before=|&after=]`, for the two participants only.
+#[utoipa::path(
+    get,
+    path = "/chat/history",
+    tag = "chat",
+    params(
+        ("user1" = String, Query, description = "One participant (the caller or the other)"),
+        ("user2" = String, Query, description = "The other participant"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 200 (default 50)", minimum = 1, maximum = 200),
+        ("before" = Option<String>, Query, description = "The page before this `_id` (not with `after`)", pattern = "^[0-9a-fA-F]{24}$"),
+        ("after" = Option<String>, Query, description = "The page after this `_id` (not with `before`)", pattern = "^[0-9a-fA-F]{24}$"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Both directions of the conversation, oldest first", body = crate::openapi::Messages),
+        (status = 400, description = "Missing users, a bad limit or id, or both `before` and `after`", body = crate::openapi::ApiError),
+        (status = 401, description = "No valid token", body = crate::openapi::ApiError),
+        (status = 403, description = "The caller is neither participant", body = crate::openapi::ApiError),
+        (status = 503, description = "Database unavailable", body = crate::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn history(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -218,6 +259,22 @@ pub struct MessagesQuery {
 
 /// `GET /chat/messages[?after=<_id>][&limit=]`: the caller's messages in every conversation,
 /// sent and received, oldest first, newer than `after` (a client's catch-up after a reconnect).
+#[utoipa::path(
+    get,
+    path = "/chat/messages",
+    tag = "chat",
+    params(
+        ("after" = Option<String>, Query, description = "Only messages after this `_id`", pattern = "^[0-9a-fA-F]{24}$"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 200 (default 50)", minimum = 1, maximum = 200),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's messages in every conversation, sent and received, oldest first", body = crate::openapi::Messages),
+        (status = 400, description = "A bad limit or id", body = crate::openapi::ApiError),
+        (status = 401, description = "No valid token", body = crate::openapi::ApiError),
+        (status = 503, description = "Database unavailable", body = crate::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn messages(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -235,6 +292,16 @@ pub async fn messages(
 }
 
 /// `GET /readyz`: the store answers and the broker is connected.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::Readiness),
+        (status = 503, description = "Not ready: the message names what is unavailable", body = crate::openapi::Readiness,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await.map_err(|e| e.to_string());
     readiness(&[("store", store), ("broker", state.outbox.ready())])

@@ -9,10 +9,11 @@ pub mod store;
 pub mod writer;
 
 mod handlers;
+pub mod openapi;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::FromRef, routing::get, routing::post};
+use axum::{Router, extract::FromRef, response::IntoResponse, routing::get, routing::post};
 use chat_common::{
     auth_client::{DirectoryConfig, UserDirectory},
     bus::LocalBus,
@@ -314,6 +315,17 @@ impl AppState {
     }
 }
 
+/// `GET /openapi.json`: this service's OpenAPI document.
+async fn openapi_json() -> axum::response::Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(openapi::document).clone();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 pub fn router(state: AppState) -> Router {
     let metrics = state.http_metrics.clone();
     let limits = state.limits;
@@ -322,6 +334,7 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/history", get(handlers::history))
         .route("/chat/messages", get(handlers::messages))
         .route("/readyz", get(handlers::readyz))
+        .route("/openapi.json", get(openapi_json))
         .with_state(state);
     chat_common::http::finish_router(routes, &metrics, limits)
 }

@@ -1,0 +1,94 @@
+//! chat-service's OpenAPI 3.1 document, generated from the handlers' annotations and served at
+//! `/openapi.json`; `openapi/chat-service.json` is its committed copy (a test keeps the two
+//! equal). The response bodies the handlers build with `json!` are described by the types here.
+
+use serde::Serialize;
+use utoipa::{
+    Modify, OpenApi, ToSchema,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+/// `{"message": "..."}`: every error, as the original system sent it.
+#[derive(Serialize, ToSchema)]
+pub struct ApiError {
+    pub message: String,
+}
+
+/// A stored message, as the original system rendered it.
+#[derive(Serialize, ToSchema)]
+pub struct Message {
+    /// A hex ObjectId: ids grow with time (within a second, not in commit order).
+    #[serde(rename = "_id")]
+    #[schema(pattern = "^[0-9a-f]{24}$")]
+    pub id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub content: String,
+    /// RFC 3339, UTC, milliseconds (`2025-01-31T12:00:00.000Z`).
+    pub timestamp: String,
+}
+
+/// A send's answer (201 when stored now, 200 when replayed for its `Idempotency-Key`).
+#[derive(Serialize, ToSchema)]
+pub struct Sent {
+    /// `Message sent successfully`
+    pub message: String,
+    pub data: Message,
+}
+
+/// A page of messages, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct Messages {
+    pub data: Vec<Message>,
+}
+
+/// The readiness answer: `ready`, or `not ready` with a message naming what is unavailable.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: String,
+    pub message: Option<String>,
+    pub checks: std::collections::BTreeMap<String, String>,
+}
+
+/// The `bearer` security scheme (a JWT from auth-service in `Authorization`).
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chat-service",
+        description = "Sending messages (stored, then published to the `chat_exchange` fanout exchange) and reading them back.",
+        license(name = "MIT")
+    ),
+    paths(
+        crate::handlers::send,
+        crate::handlers::history,
+        crate::handlers::messages,
+        crate::handlers::readyz,
+    ),
+    components(schemas(ApiError, Message, Sent, Messages, Readiness)),
+    modifiers(&Bearer)
+)]
+pub struct ApiDoc;
+
+/// The document as served at `/openapi.json`.
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises")
+}
