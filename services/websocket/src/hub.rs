@@ -210,6 +210,18 @@ impl Hub {
         }
     }
 
+    /// Whether every socket (open or being opened) is gone within `limit`.
+    pub async fn closed_within(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.slots.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Sockets open on this replica.
     pub fn open_sockets(&self) -> usize {
         self.read().values().map(Vec::len).sum()

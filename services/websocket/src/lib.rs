@@ -196,6 +196,7 @@ impl App {
     {
         let stop = self.state.stop.clone();
         let metrics = self.state.http_metrics.clone();
+        let hub = self.state.hub.clone();
         serve(
             self.listeners,
             router(self.state),
@@ -206,9 +207,20 @@ impl App {
                 let _ = stop.send(true);
             },
         )
-        .await
+        .await?;
+        // Upgraded sockets are no longer the HTTP server's: wait for their tasks to send 1001
+        // and close, so that a SIGTERM never exits under them.
+        if !hub.closed_within(SOCKETS_CLOSE_WITHIN).await {
+            tracing::warn!(open = hub.open_sockets(), "sockets still open at exit");
+        }
+        Ok(())
     }
 }
+
+/// How long shutdown waits for open sockets to be closed (1001) before the process exits: each
+/// socket's close is a frame and a TCP close, but a stalled client may hold its write for up to
+/// a second.
+const SOCKETS_CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// websocket-service's own metrics.
 #[derive(Clone)]
