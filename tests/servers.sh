@@ -249,8 +249,12 @@ ensure_cargo_deny() {
   local dir="$CACHE/tools/cargo-deny-$CARGO_DENY_VERSION"
   if [ ! -x "$dir/bin/cargo-deny" ]; then
     log "building cargo-deny $CARGO_DENY_VERSION into $dir (once)"
-    # Its own target directory: the workspace's stays free of its artifacts.
-    CARGO_TARGET_DIR="$CACHE/tools/cargo-deny-build" cargo install cargo-deny --version "$CARGO_DENY_VERSION" \
+    # Its own target directory: the workspace's stays free of its artifacts. Optimisation level 1
+    # without LTO: 2 min 19 s to build on 2 cores instead of more than 6, and a check takes 2.0 s
+    # instead of 1.5 s.
+    CARGO_TARGET_DIR="$CACHE/tools/cargo-deny-build" CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
+      CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=false \
+      cargo install cargo-deny --version "$CARGO_DENY_VERSION" \
       --locked --no-default-features --root "$dir.tmp" >&2 || { rm -rf "$dir.tmp"; return 1; }
     rm -rf "$dir" "$CACHE/tools/cargo-deny-build" && mv "$dir.tmp" "$dir"
   fi
