@@ -64,13 +64,13 @@ fn validate_password(password: &str) -> Result<(), AuthError> {
     request_body = Credentials,
     responses(
         (status = 201, description = "Registered", body = crate::openapi::Registered),
-        (status = 400, description = "Invalid username (3 to 32 of `A-Z a-z 0-9 _ . -`) or password (8 to 128 characters), or a malformed body", body = crate::openapi::ApiError),
-        (status = 409, description = "Username is already taken", body = crate::openapi::ApiError),
-        (status = 413, description = "Body over `MAX_BODY_BYTES`", body = crate::openapi::ApiError),
-        (status = 415, description = "Body not `application/json`", body = crate::openapi::ApiError),
-        (status = 429, description = "Too many registrations from this address", body = crate::openapi::ApiError,
+        (status = 400, description = "Invalid username (3 to 32 of `A-Z a-z 0-9 _ . -`) or password (8 to 128 characters), or a malformed body", body = chat_common::openapi::ApiError),
+        (status = 409, description = "Username is already taken", body = chat_common::openapi::ApiError),
+        (status = 413, description = "Body over `MAX_BODY_BYTES`", body = chat_common::openapi::ApiError),
+        (status = 415, description = "Body not `application/json`", body = chat_common::openapi::ApiError),
+        (status = 429, description = "Too many registrations from this address", body = chat_common::openapi::ApiError,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "Database unavailable or hashing queue full", body = crate::openapi::ApiError,
+        (status = 503, description = "Database unavailable or hashing queue full", body = chat_common::openapi::ApiError,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
@@ -131,13 +131,13 @@ pub async fn register(
     request_body = Credentials,
     responses(
         (status = 200, description = "Logged in", body = crate::openapi::LoggedIn),
-        (status = 400, description = "Missing username or password, or a malformed body", body = crate::openapi::ApiError),
-        (status = 401, description = "Invalid username or password (the same for an unknown user)", body = crate::openapi::ApiError),
-        (status = 413, description = "Body over `MAX_BODY_BYTES`", body = crate::openapi::ApiError),
-        (status = 415, description = "Body not `application/json`", body = crate::openapi::ApiError),
-        (status = 429, description = "Too many failed logins for this account from this address, or from this address", body = crate::openapi::ApiError,
+        (status = 400, description = "Missing username or password, or a malformed body", body = chat_common::openapi::ApiError),
+        (status = 401, description = "Invalid username or password (the same for an unknown user)", body = chat_common::openapi::ApiError),
+        (status = 413, description = "Body over `MAX_BODY_BYTES`", body = chat_common::openapi::ApiError),
+        (status = 415, description = "Body not `application/json`", body = chat_common::openapi::ApiError),
+        (status = 429, description = "Too many failed logins for this account from this address, or from this address", body = chat_common::openapi::ApiError,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "Database unavailable or hashing queue full", body = crate::openapi::ApiError,
+        (status = 503, description = "Database unavailable or hashing queue full", body = chat_common::openapi::ApiError,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
@@ -227,10 +227,10 @@ async fn verify(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user's id", body = crate::openapi::UserId),
-        (status = 400, description = "Username is required, or a malformed query", body = crate::openapi::ApiError),
-        (status = 401, description = "No valid token", body = crate::openapi::ApiError),
-        (status = 404, description = "User not found", body = crate::openapi::ApiError),
-        (status = 503, description = "Database unavailable", body = crate::openapi::ApiError,
+        (status = 400, description = "Username is required, or a malformed query", body = chat_common::openapi::ApiError),
+        (status = 401, description = "No valid token", body = chat_common::openapi::ApiError),
+        (status = 404, description = "User not found", body = chat_common::openapi::ApiError),
+        (status = 503, description = "Database unavailable", body = chat_common::openapi::ApiError,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
@@ -260,8 +260,8 @@ pub async fn user_by_username(
     path = "/readyz",
     tag = "health",
     responses(
-        (status = 200, description = "Ready", body = crate::openapi::Readiness),
-        (status = 503, description = "Not ready: the message names what is unavailable", body = crate::openapi::Readiness,
+        (status = 200, description = "Ready", body = chat_common::openapi::Readiness),
+        (status = 503, description = "Not ready: the message names what is unavailable", body = chat_common::openapi::Readiness,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]

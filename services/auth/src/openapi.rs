@@ -2,17 +2,9 @@
 //! `/openapi.json`; `openapi/auth-service.json` is its committed copy (a test keeps the two
 //! equal). The response bodies the handlers build with `json!` are described by the types here.
 
+use chat_common::openapi::Bearer;
 use serde::Serialize;
-use utoipa::{
-    Modify, OpenApi, ToSchema,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
-};
-
-/// `{"message": "..."}`: every error, as the original system sent it.
-#[derive(Serialize, ToSchema)]
-pub struct ApiError {
-    pub message: String,
-}
+use utoipa::{OpenApi, ToSchema};
 
 /// A registration's answer.
 #[derive(Serialize, ToSchema)]
@@ -40,32 +32,6 @@ pub struct UserId {
     pub id: String,
 }
 
-/// The readiness answer: `ready`, or `not ready` with a message naming what is unavailable.
-#[derive(Serialize, ToSchema)]
-pub struct Readiness {
-    pub status: String,
-    pub message: Option<String>,
-    pub checks: std::collections::BTreeMap<String, String>,
-}
-
-/// The `bearer` security scheme (a JWT in `Authorization`).
-struct Bearer;
-
-impl Modify for Bearer {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -79,14 +45,12 @@ impl Modify for Bearer {
         crate::handlers::user_by_username,
         crate::handlers::readyz,
     ),
-    components(schemas(ApiError, Registered, LoggedIn, UserId, Readiness)),
+    components(schemas(chat_common::openapi::ApiError, Registered, LoggedIn, UserId, chat_common::openapi::Readiness)),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;
 
 /// The document as served at `/openapi.json`.
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serialises")
+    chat_common::openapi::render(&ApiDoc::openapi())
 }

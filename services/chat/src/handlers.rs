@@ -84,15 +84,15 @@ fn replay(original: &Message, recipient: &str, content: &str) -> Result<Response
     responses(
         (status = 201, description = "Stored (and published, or left to the outbox to publish)", body = crate::openapi::Sent),
         (status = 200, description = "A retry of a stored send (`Idempotent-Replayed: true`)", body = crate::openapi::Sent),
-        (status = 400, description = "Missing recipient, empty or too long content, a bad key or name, or a malformed body", body = crate::openapi::ApiError),
-        (status = 401, description = "No valid token", body = crate::openapi::ApiError),
-        (status = 403, description = "`sender` names someone else", body = crate::openapi::ApiError),
-        (status = 404, description = "Recipient not found", body = crate::openapi::ApiError),
-        (status = 413, description = "Body over `MAX_BODY_BYTES`", body = crate::openapi::ApiError),
-        (status = 415, description = "Body not `application/json`", body = crate::openapi::ApiError),
-        (status = 422, description = "The key already stored a different message", body = crate::openapi::ApiError),
-        (status = 429, description = "Over the sender's `SEND_RATE_PER_USER`", body = crate::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "Database or auth-service unavailable", body = crate::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 400, description = "Missing recipient, empty or too long content, a bad key or name, or a malformed body", body = chat_common::openapi::ApiError),
+        (status = 401, description = "No valid token", body = chat_common::openapi::ApiError),
+        (status = 403, description = "`sender` names someone else", body = chat_common::openapi::ApiError),
+        (status = 404, description = "Recipient not found", body = chat_common::openapi::ApiError),
+        (status = 413, description = "Body over `MAX_BODY_BYTES`", body = chat_common::openapi::ApiError),
+        (status = 415, description = "Body not `application/json`", body = chat_common::openapi::ApiError),
+        (status = 422, description = "The key already stored a different message", body = chat_common::openapi::ApiError),
+        (status = 429, description = "Over the sender's `SEND_RATE_PER_USER`", body = chat_common::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Database or auth-service unavailable", body = chat_common::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
 pub async fn send(
@@ -205,10 +205,10 @@ fn parse_id(name: &str, value: &str) -> Result<ObjectId, ChatError> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Both directions of the conversation, oldest first", body = crate::openapi::Messages),
-        (status = 400, description = "Missing users, a bad limit or id, or both `before` and `after`", body = crate::openapi::ApiError),
-        (status = 401, description = "No valid token", body = crate::openapi::ApiError),
-        (status = 403, description = "The caller is neither participant", body = crate::openapi::ApiError),
-        (status = 503, description = "Database unavailable", body = crate::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 400, description = "Missing users, a bad limit or id, or both `before` and `after`", body = chat_common::openapi::ApiError),
+        (status = 401, description = "No valid token", body = chat_common::openapi::ApiError),
+        (status = 403, description = "The caller is neither participant", body = chat_common::openapi::ApiError),
+        (status = 503, description = "Database unavailable", body = chat_common::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
 pub async fn history(
@@ -270,9 +270,9 @@ pub struct MessagesQuery {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's messages in every conversation, sent and received, oldest first", body = crate::openapi::Messages),
-        (status = 400, description = "A bad limit or id", body = crate::openapi::ApiError),
-        (status = 401, description = "No valid token", body = crate::openapi::ApiError),
-        (status = 503, description = "Database unavailable", body = crate::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 400, description = "A bad limit or id", body = chat_common::openapi::ApiError),
+        (status = 401, description = "No valid token", body = chat_common::openapi::ApiError),
+        (status = 503, description = "Database unavailable", body = chat_common::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
 pub async fn messages(
@@ -297,8 +297,8 @@ pub async fn messages(
     path = "/readyz",
     tag = "health",
     responses(
-        (status = 200, description = "Ready", body = crate::openapi::Readiness),
-        (status = 503, description = "Not ready: the message names what is unavailable", body = crate::openapi::Readiness,
+        (status = 200, description = "Ready", body = chat_common::openapi::Readiness),
+        (status = 503, description = "Not ready: the message names what is unavailable", body = chat_common::openapi::Readiness,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]

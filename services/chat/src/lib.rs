@@ -13,7 +13,7 @@ pub mod openapi;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::FromRef, response::IntoResponse, routing::get, routing::post};
+use axum::{Router, extract::FromRef, routing::get, routing::post};
 use chat_common::{
     auth_client::{DirectoryConfig, UserDirectory},
     bus::LocalBus,
@@ -318,12 +318,7 @@ impl AppState {
 /// `GET /openapi.json`: this service's OpenAPI document.
 async fn openapi_json() -> axum::response::Response {
     static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let body = DOCUMENT.get_or_init(openapi::document).clone();
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
+    chat_common::openapi::response(DOCUMENT.get_or_init(openapi::document))
 }
 
 pub fn router(state: AppState) -> Router {

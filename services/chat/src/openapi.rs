@@ -2,17 +2,9 @@
 //! `/openapi.json`; `openapi/chat-service.json` is its committed copy (a test keeps the two
 //! equal). The response bodies the handlers build with `json!` are described by the types here.
 
+use chat_common::openapi::Bearer;
 use serde::Serialize;
-use utoipa::{
-    Modify, OpenApi, ToSchema,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
-};
-
-/// `{"message": "..."}`: every error, as the original system sent it.
-#[derive(Serialize, ToSchema)]
-pub struct ApiError {
-    pub message: String,
-}
+use utoipa::{OpenApi, ToSchema};
 
 /// A stored message, as the original system rendered it.
 #[derive(Serialize, ToSchema)]
@@ -42,32 +34,6 @@ pub struct Messages {
     pub data: Vec<Message>,
 }
 
-/// The readiness answer: `ready`, or `not ready` with a message naming what is unavailable.
-#[derive(Serialize, ToSchema)]
-pub struct Readiness {
-    pub status: String,
-    pub message: Option<String>,
-    pub checks: std::collections::BTreeMap<String, String>,
-}
-
-/// The `bearer` security scheme (a JWT from auth-service in `Authorization`).
-struct Bearer;
-
-impl Modify for Bearer {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -81,14 +47,12 @@ impl Modify for Bearer {
         crate::handlers::messages,
         crate::handlers::readyz,
     ),
-    components(schemas(ApiError, Message, Sent, Messages, Readiness)),
+    components(schemas(chat_common::openapi::ApiError, Message, Sent, Messages, chat_common::openapi::Readiness)),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;
 
 /// The document as served at `/openapi.json`.
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serialises")
+    chat_common::openapi::render(&ApiDoc::openapi())
 }

@@ -25,6 +25,8 @@ pub mod local;
 pub mod metrics;
 #[cfg(feature = "mongo")]
 pub mod mongo;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod secret;
 pub mod server;
 pub mod shutdown;
