@@ -2,7 +2,8 @@
 # The project's test command. On a fresh machine it installs and starts what the tests need
 # (RabbitMQ from Debian's packages, the MongoDB-wire-compatible secantusdb server in a Python venv,
 # a current kube-apiserver and etcd built once from the Go module proxy: tests/k8s/build.sh;
-# buildah, a stand-in distroless base and release binaries for the image tests),
+# buildah, a stand-in distroless base and release binaries for the image tests; Debian's
+# chromium and playwright-core for the web client's browser test),
 # runs rustfmt, clippy and the whole workspace's tests against them, and stops what it started.
 #
 #   bash tests/run.sh                 # everything
@@ -29,6 +30,7 @@ if [ $# -eq 0 ] || [[ " $* " == *" e2e-tests "* ]] || [[ " $* " != *" -p "* ]]; 
   ensure_dclint
   ensure_images
   ensure_schemathesis
+  ensure_browser
 fi
 export TEST_RABBITMQ_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
 

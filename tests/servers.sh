@@ -268,3 +268,35 @@ ensure_k8s_tools() {
   bin="$(bash "$ROOT/tests/k8s/build.sh")"
   export PATH="$bin:$PATH"
 }
+
+# The web client's real-browser test (tests/browser/chat.mjs): Debian's chromium, and
+# playwright-core (npm, pinned by tests/browser/package-lock.json) installed once per lock file
+# into the cache. Playwright's own browser download cannot work here: it drives the system
+# chromium. Exports TEST_BROWSER_DIR (its node_modules holds playwright-core) and TEST_CHROMIUM.
+ensure_browser() {
+  if [ ! -x /usr/bin/chromium ]; then
+    log "installing chromium (the web client's browser test drives it headless)"
+    # Update the package lists only when the install needs it: it is the slow part.
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null 2>&1 || {
+      as_root apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+    }
+  fi
+  local lock="$ROOT/tests/browser/package-lock.json" hash dir
+  hash="$(sha256sum "$lock" | cut -c1-12)"
+  dir="$CACHE/npm/browser-$hash"
+  if [ ! -f "$dir/node_modules/playwright-core/package.json" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      log "installing nodejs and npm (playwright-core, which drives the browser, is an npm package)"
+      as_root apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    log "installing tests/browser's npm packages (playwright-core) into $dir"
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    cp "$ROOT/tests/browser/package.json" "$lock" "$dir.tmp/"
+    (cd "$dir.tmp" && npm ci --no-audit --no-fund --loglevel=error >&2) || { rm -rf "$dir.tmp"; return 1; }
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  export TEST_BROWSER_DIR="$dir"
+  export TEST_CHROMIUM=/usr/bin/chromium
+}

@@ -779,3 +779,180 @@ async fn replicas_sweeping_together_claim_each_message_once() {
             .is_empty()
     );
 }
+
+/// The conversation list and read positions on MongoDB (the same scenario as chat-service's
+/// own test on the embedded store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_list_the_most_recent_first_with_unread_counts_that_reads_move() {
+    let stack = Stack::start(0).await;
+    chat_common::testing::conversations_scenario(&stack.http, stack.auth.addr, stack.chat.addr)
+        .await;
+}
+
+/// Alice and `peers` others: each peer sends her three messages, she answers once, in turns.
+async fn seed_peers(store: &chat_service::store::MongoMessageStore, peers: usize) -> Vec<String> {
+    use chat_service::store::{Message, MessageStore};
+    use mongodb::bson::oid::ObjectId;
+
+    let names: Vec<String> = (0..peers).map(|i| format!("peer{i:03}")).collect();
+    let mut batch = Vec::new();
+    for round in 0..4 {
+        for name in &names {
+            let (sender, recipient) = if round == 3 {
+                ("alice", name.as_str())
+            } else {
+                (name.as_str(), "alice")
+            };
+            batch.push(Message {
+                id: ObjectId::new(),
+                sender: sender.to_owned(),
+                recipient: recipient.to_owned(),
+                content: format!("{round}"),
+                timestamp_ms: 0,
+                idempotency_key: None,
+            });
+        }
+    }
+    store.insert_many(&batch, 0).await.unwrap();
+    names
+}
+
+/// A page of a user's conversations is three queries sent together once its unread counts are
+/// known (the summaries, their last messages, the peers' read positions), whatever the
+/// history; a conversation whose unread count changed is counted once (a count and a write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversations_page_is_three_queries_once_counted() {
+    use std::sync::atomic::Ordering;
+
+    use chat_service::store::{MessageStore, ReadMark};
+
+    let (store, commands) = counted_store().await;
+    let names = seed_peers(&store, 30).await;
+    let page = |before| {
+        let store = &store;
+        let commands = &commands;
+        async move {
+            let at = commands.load(Ordering::SeqCst);
+            let page = store.conversations("alice", before, 10).await.unwrap();
+            (page, commands.load(Ordering::SeqCst) - at)
+        }
+    };
+    let (first, queries) = page(None).await;
+    // The peers answered last in the order they were written: the newest first.
+    let expected: Vec<&String> = names.iter().rev().take(10).collect();
+    assert_eq!(
+        first.page.iter().map(|c| &c.peer).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(
+        first
+            .page
+            .iter()
+            .all(|c| c.unread == 3 && c.last.sender == "alice")
+    );
+    assert_eq!(
+        queries,
+        3 + 2 * 10,
+        "first look: every count computed and kept"
+    );
+    let (again, queries) = page(None).await;
+    assert_eq!(again, first);
+    assert_eq!(queries, 3, "counts kept");
+    let (second, _) = page(first.next).await;
+    assert_eq!(second.page[0].peer, names[names.len() - 11]);
+
+    // Read: no count needed (nothing unread); a new message: one count.
+    let peer = &first.page[0].peer;
+    let up_to = first.page[0].last.id;
+    assert_eq!(
+        store.mark_read("alice", peer, up_to).await.unwrap(),
+        ReadMark::Moved
+    );
+    assert_eq!(
+        store.mark_read("alice", peer, up_to).await.unwrap(),
+        ReadMark::Unchanged
+    );
+    let (read, queries) = page(None).await;
+    assert_eq!((read.page[0].unread, queries), (0, 3));
+    let other = &first.page[1].peer;
+    let message = chat_service::store::Message {
+        id: mongodb::bson::oid::ObjectId::new(),
+        sender: other.clone(),
+        recipient: "alice".to_owned(),
+        content: "again".to_owned(),
+        timestamp_ms: 0,
+        idempotency_key: None,
+    };
+    store.insert_many(&[message], 0).await.unwrap();
+    let (after, queries) = page(None).await;
+    assert_eq!((&after.page[0].peer, after.page[0].unread), (other, 4));
+    assert_eq!(queries, 3 + 2);
+}
+
+/// A database the original system wrote (no summaries) gets its conversations from the
+/// backfill, as read; a second run changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfill_lists_conversations_the_original_system_stored() {
+    use chat_common::testing;
+    use chat_service::store::MessageStore;
+    use mongodb::bson::{DateTime, doc, oid::ObjectId};
+
+    let client = mongodb::Client::with_uri_str(testing::mongodb_url())
+        .await
+        .unwrap();
+    let db = client.database(&testing::unique_name("e2e_backfill"));
+    let store = chat_service::store::MongoMessageStore::with_database(
+        db.clone(),
+        std::time::Duration::from_secs(5),
+    );
+    store.ensure_indexes().await.unwrap();
+    let plant = [
+        ("alice", "bob"),
+        ("bob", "alice"),
+        ("alice", "bob"),
+        ("carol", "alice"),
+        ("alice", "alice"),
+    ];
+    let mut ids = Vec::new();
+    for (sender, recipient) in plant {
+        let id = ObjectId::new();
+        ids.push(id);
+        db.collection::<mongodb::bson::Document>("messages")
+            .insert_one(doc! { "_id": id, "sender": sender, "recipient": recipient,
+            "content": "old", "timestamp": DateTime::now() })
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .conversations("alice", None, 20)
+            .await
+            .unwrap()
+            .page
+            .is_empty()
+    );
+    let report = store.backfill_conversations().await.unwrap();
+    assert_eq!((report.messages, report.summaries), (5, 5));
+    let list = |user: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .conversations(user, None, 20)
+                .await
+                .unwrap()
+                .page
+                .into_iter()
+                .map(|c| (c.peer, c.last.id, c.unread))
+                .collect::<Vec<_>>()
+        }
+    };
+    let alices = vec![
+        ("alice".to_owned(), ids[4], 0),
+        ("carol".to_owned(), ids[3], 0),
+        ("bob".to_owned(), ids[2], 0),
+    ];
+    assert_eq!(list("alice").await, alices);
+    assert_eq!(list("bob").await, [("alice".to_owned(), ids[2], 0)]);
+    assert_eq!(store.backfill_conversations().await.unwrap(), report);
+    assert_eq!(list("alice").await, alices);
+}

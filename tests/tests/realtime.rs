@@ -272,9 +272,23 @@ async fn sockets_without_a_valid_token_are_closed_with_4001() {
         "both ways"
     );
 
-    // A plain GET without an upgrade is a JSON 400.
-    let (status, _) = stack.get(stack.ws[0].addr, "/", None).await;
-    assert_eq!(status, 400);
+    // A plain GET without an upgrade gets the web client; a broken upgrade is a JSON 400.
+    let page = stack
+        .http
+        .get(format!("http://{}/", stack.ws[0].addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let broken = stack
+        .http
+        .get(format!("http://{}/", stack.ws[0].addr))
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(e2e_tests::read(broken).await.0, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,4 +301,71 @@ async fn a_socket_is_closed_when_its_token_expires() {
         c.closed(Duration::from_secs(6)).await,
         Some((4001, "Token expired".to_owned()))
     );
+}
+
+/// Read receipts (published by chat-service) and typing notices (published by the replica the
+/// typist is on) reach the sockets that asked for them on every replica, through RabbitMQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_and_typing_events_cross_replicas_through_the_exchange() {
+    use futures_util::SinkExt;
+
+    let stack = Stack::start(2).await;
+    let (_, ta) = stack.user("alice").await;
+    let (_, tb) = stack.user("bob").await;
+    let (status, sent) = stack.send(&ta, "bob", "hello").await;
+    assert_eq!(status, 201, "{sent}");
+    let id = sent["data"]["_id"].as_str().unwrap().to_owned();
+    let events = |replica: usize, token: &str| {
+        let url = format!(
+            "ws://{}/?token={token}&events=read,typing",
+            stack.ws[replica].addr
+        );
+        async move { Client::connect(&url).await }
+    };
+    let mut alice = events(0, &ta).await;
+    let mut bob = events(1, &tb).await;
+    let mut bob_plain = stack.connect(0, &tb).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    bob.ws
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            json!({ "type": "typing", "to": "alice" }).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        alice
+            .next_json(WAIT)
+            .await
+            .expect("typing on the other replica"),
+        json!({ "type": "typing", "from": "bob" })
+    );
+
+    let read = stack
+        .http
+        .post(format!("http://{}/chat/read", stack.chat.addr))
+        .bearer_auth(&tb)
+        .json(&json!({ "peer": "alice", "upTo": id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 204);
+    let receipt = json!({ "type": "read", "reader": "bob", "peer": "alice", "upTo": id });
+    assert_eq!(
+        alice.next_json(WAIT).await.expect("receipt to the peer"),
+        receipt
+    );
+    assert_eq!(
+        bob.next_json(WAIT).await.expect("receipt to the reader"),
+        receipt
+    );
+    assert_eq!(
+        bob_plain.next_text(QUIET).await,
+        None,
+        "a socket that asked for nothing"
+    );
+    let (_, page) = stack
+        .get(stack.chat.addr, "/chat/conversations", Some(&ta))
+        .await;
+    assert_eq!(page["data"][0]["peerReadUpTo"], json!(id));
 }

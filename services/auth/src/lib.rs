@@ -211,6 +211,7 @@ pub struct AppState {
     pub http_metrics: HttpMetrics,
     pub metrics: AuthMetrics,
     pub limits: Limits,
+    pub cors: chat_common::http::Cors,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
@@ -273,6 +274,7 @@ impl AppState {
             http_metrics,
             metrics,
             limits: config.common.limits,
+            cors: config.common.cors.clone(),
         })
     }
 }
@@ -287,6 +289,7 @@ async fn openapi_json() -> axum::response::Response {
 pub fn router(state: AppState) -> Router {
     let metrics = state.http_metrics.clone();
     let limits = state.limits;
+    let cors = state.cors.clone();
     let routes = Router::new()
         .route("/auth/register", post(handlers::register))
         .route("/auth/login", post(handlers::login))
@@ -294,5 +297,5 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/openapi.json", get(openapi_json))
         .with_state(state);
-    chat_common::http::finish_router(routes, &metrics, limits)
+    chat_common::http::finish_router(routes, &metrics, limits, &cors)
 }

@@ -20,6 +20,8 @@ pub enum ChatError {
     Forbidden(&'static str),
     #[error("Recipient not found")]
     RecipientNotFound,
+    #[error("No such message in this conversation")]
+    MessageNotFound,
     #[error("Idempotency-Key was already used for a different message")]
     KeyReused,
     #[error("Too many messages; slow down")]
@@ -45,7 +47,7 @@ impl IntoResponse for ChatError {
         let status = match &self {
             Self::Validation(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::RecipientNotFound => StatusCode::NOT_FOUND,
+            Self::RecipientNotFound | Self::MessageNotFound => StatusCode::NOT_FOUND,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(reason) => {

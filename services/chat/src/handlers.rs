@@ -5,6 +5,7 @@ use axum::{
 };
 use bson::oid::ObjectId;
 use chat_common::{
+    event::{READ, ReadReceipt, signal_bytes},
     http::{Json, Query, readiness},
     jwt::AuthUser,
     time::now_millis,
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::{
     AppState, ChatError,
-    store::{Inserted, Message, Page},
+    store::{Inserted, Message, Page, ReadMark},
 };
 
 /// `POST /chat/send`. `sender` is optional: the sender is the token's user.
@@ -143,6 +144,13 @@ pub async fn send(
     };
     match state.writer.write(&message).await? {
         Inserted::Stored => {}
+        Inserted::StoredUnlisted => {
+            // Stored, acknowledged; its conversation summaries and its event are the outbox's
+            // to finish (it writes the one before publishing the other).
+            state.metrics.messages.inc();
+            state.outbox.defer();
+            return Ok(sent(StatusCode::CREATED, &message));
+        }
         Inserted::DuplicateKey => {
             // The same key raced in from another request, which stored first.
             let key = message.idempotency_key.as_deref().unwrap_or_default();
@@ -289,6 +297,117 @@ pub async fn messages(
     let messages = state.store.for_user(&user.username, after, limit).await?;
     let data: Vec<_> = messages.iter().map(Message::view).collect();
     Ok(Json(json!({ "data": data })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConversationsQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+const DEFAULT_CONVERSATIONS: usize = 20;
+const MAX_CONVERSATIONS: usize = 100;
+
+/// `GET /chat/conversations[?limit=][&before=<cursor>]`: the caller's conversations, the most
+/// recent first, each with its newest message and what the caller has not read.
+#[utoipa::path(
+    get,
+    path = "/chat/conversations",
+    tag = "chat",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 100 (default 20)", minimum = 1, maximum = 100),
+        ("before" = Option<String>, Query, description = "The `next` of the previous page", pattern = "^[0-9a-fA-F]{24}$"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the caller's conversations, the most recent first", body = crate::openapi::ConversationList),
+        (status = 400, description = "A bad limit or cursor", body = chat_common::openapi::ApiError),
+        (status = 401, description = "No valid token", body = chat_common::openapi::ApiError),
+        (status = 503, description = "Database unavailable", body = chat_common::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+pub async fn conversations(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<ConversationsQuery>,
+) -> Result<Json<Value>, ChatError> {
+    let limit = q.limit.unwrap_or(DEFAULT_CONVERSATIONS);
+    if !(1..=MAX_CONVERSATIONS).contains(&limit) {
+        return Err(ChatError::Validation(format!(
+            "limit must be between 1 and {MAX_CONVERSATIONS}"
+        )));
+    }
+    let before = q
+        .before
+        .as_deref()
+        .map(|b| parse_id("before", b))
+        .transpose()?;
+    let list = state
+        .store
+        .conversations(&user.username, before, limit)
+        .await?;
+    let data: Vec<Value> = list
+        .page
+        .iter()
+        .map(|c| {
+            json!({
+                "peer": c.peer,
+                "lastMessage": c.last.view(),
+                "unread": c.unread,
+                "peerReadUpTo": c.peer_read_up_to.map(ObjectId::to_hex),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "data": data, "next": list.next.map(ObjectId::to_hex) }),
+    ))
+}
+
+/// `POST /chat/read` `{"peer", "upTo"}`: the caller has read their conversation with `peer` up
+/// to the message `upTo`. A position never moves backwards; when it moves, a `read` event tells
+/// the peer's and the caller's sockets.
+#[utoipa::path(
+    post,
+    path = "/chat/read",
+    tag = "chat",
+    request_body = crate::openapi::ReadBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Read up to `upTo` (or further already)"),
+        (status = 400, description = "Missing peer, a bad id or a malformed body", body = chat_common::openapi::ApiError),
+        (status = 401, description = "No valid token", body = chat_common::openapi::ApiError),
+        (status = 404, description = "`upTo` is not a message between the caller and `peer`", body = chat_common::openapi::ApiError),
+        (status = 413, description = "Body over `MAX_BODY_BYTES`", body = chat_common::openapi::ApiError),
+        (status = 415, description = "Body not `application/json`", body = chat_common::openapi::ApiError),
+        (status = 503, description = "Database unavailable", body = chat_common::openapi::ApiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+pub async fn read(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(body): Json<crate::openapi::ReadBody>,
+) -> Result<StatusCode, ChatError> {
+    let peer = body.peer.trim();
+    if peer.is_empty() {
+        return Err(ChatError::Validation("peer is required".into()));
+    }
+    check_name("peer", peer)?;
+    let up_to = parse_id("upTo", &body.up_to)?;
+    match state.store.mark_read(&user.username, peer, up_to).await? {
+        ReadMark::NotInConversation => Err(ChatError::MessageNotFound),
+        ReadMark::Unchanged => Ok(StatusCode::NO_CONTENT),
+        ReadMark::Moved => {
+            let receipt = ReadReceipt {
+                reader: user.username,
+                peer: peer.to_owned(),
+                up_to: up_to.to_hex(),
+            };
+            // A receipt is a notice, not data: the position is stored (and listed by
+            // `/chat/conversations`), so a receipt the broker missed costs a tick, never state.
+            state.outbox.notify(signal_bytes(READ, &receipt)).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
 }
 
 /// `GET /readyz`: the store answers and the broker is connected.

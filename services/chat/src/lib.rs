@@ -257,6 +257,7 @@ pub struct AppState {
     pub http_metrics: HttpMetrics,
     pub metrics: ChatMetrics,
     pub limits: Limits,
+    pub cors: chat_common::http::Cors,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
@@ -311,6 +312,7 @@ impl AppState {
             http_metrics,
             metrics,
             limits: config.common.limits,
+            cors: config.common.cors.clone(),
         })
     }
 }
@@ -324,14 +326,17 @@ async fn openapi_json() -> axum::response::Response {
 pub fn router(state: AppState) -> Router {
     let metrics = state.http_metrics.clone();
     let limits = state.limits;
+    let cors = state.cors.clone();
     let routes = Router::new()
         .route("/chat/send", post(handlers::send))
         .route("/chat/history", get(handlers::history))
         .route("/chat/messages", get(handlers::messages))
+        .route("/chat/conversations", get(handlers::conversations))
+        .route("/chat/read", post(handlers::read))
         .route("/readyz", get(handlers::readyz))
         .route("/openapi.json", get(openapi_json))
         .with_state(state);
-    chat_common::http::finish_router(routes, &metrics, limits)
+    chat_common::http::finish_router(routes, &metrics, limits, &cors)
 }
 
 #[cfg(test)]

@@ -34,6 +34,42 @@ pub struct Messages {
     pub data: Vec<Message>,
 }
 
+/// One conversation of the caller's list.
+#[derive(Serialize, ToSchema)]
+pub struct ConversationItem {
+    /// The other participant (the caller for notes to self).
+    pub peer: String,
+    /// The newest message, either way.
+    #[serde(rename = "lastMessage")]
+    pub last_message: Message,
+    /// Messages from `peer` after the caller's read position.
+    pub unread: u64,
+    /// How far `peer` has read this conversation (an `_id`), for read ticks; null if never.
+    #[serde(rename = "peerReadUpTo")]
+    #[schema(pattern = "^[0-9a-f]{24}$")]
+    pub peer_read_up_to: Option<String>,
+}
+
+/// A page of the caller's conversations, the most recent first.
+#[derive(Serialize, ToSchema)]
+pub struct ConversationList {
+    pub data: Vec<ConversationItem>,
+    /// Pass as `before` for the next page; null on the last page.
+    #[schema(pattern = "^[0-9a-f]{24}$")]
+    pub next: Option<String>,
+}
+
+/// `POST /chat/read`: the caller has read their conversation with `peer` up to `upTo`.
+#[derive(serde::Deserialize, ToSchema)]
+pub struct ReadBody {
+    /// The other participant.
+    pub peer: String,
+    /// The `_id` of a message of the conversation (either way).
+    #[serde(rename = "upTo")]
+    #[schema(pattern = "^[0-9a-fA-F]{24}$")]
+    pub up_to: String,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -45,9 +81,11 @@ pub struct Messages {
         crate::handlers::send,
         crate::handlers::history,
         crate::handlers::messages,
+        crate::handlers::conversations,
+        crate::handlers::read,
         crate::handlers::readyz,
     ),
-    components(schemas(chat_common::openapi::ApiError, Message, Sent, Messages, chat_common::openapi::Readiness)),
+    components(schemas(chat_common::openapi::ApiError, Message, Sent, Messages, ConversationItem, ConversationList, ReadBody, chat_common::openapi::Readiness)),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;

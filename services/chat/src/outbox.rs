@@ -95,6 +95,19 @@ impl Outbox {
         result
     }
 
+    /// A message was stored without its conversation summaries: the sweeper finishes it once
+    /// its lease runs out.
+    pub fn defer(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Publishes a notice (a `read` event): once, not kept if the broker does not confirm it.
+    pub async fn notify(&self, payload: Vec<u8>) {
+        if let Err(e) = self.inner.publisher.publish(payload.into()).await {
+            tracing::info!(error = %e, "a notice was not published");
+        }
+    }
+
     /// `Ok` when events can be published now (for `/readyz`).
     pub fn ready(&self) -> Result<(), String> {
         self.inner.publisher.ready()

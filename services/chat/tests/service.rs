@@ -376,3 +376,80 @@ async fn names_longer_than_any_username_are_refused_before_any_lookup() {
         .await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test]
+async fn conversations_list_the_most_recent_first_with_unread_counts_that_reads_move() {
+    let services = start().await;
+    testing::conversations_scenario(&services.http, services.auth, services.chat).await;
+}
+
+/// A page from an allowed origin may call the API (its preflight answered, the headers it sends
+/// allowed, `Retry-After` readable); a page from any other origin gets no CORS headers, so its
+/// browser keeps the answer from it.
+#[tokio::test]
+async fn pages_from_allowed_origins_only_may_call_the_api() {
+    let services = start_with(&[("CORS_ALLOWED_ORIGINS", "http://localhost:5003".into())]).await;
+    let alice = services.user("alice").await;
+    let url = format!("http://{}/chat/send", services.chat);
+    let preflight = |origin: &'static str| {
+        services
+            .http
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key",
+            )
+            .send()
+    };
+    let allowed = preflight("http://localhost:5003").await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let headers = allowed.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://localhost:5003"
+    );
+    let allow = headers["access-control-allow-headers"].to_str().unwrap();
+    for name in ["authorization", "content-type", "idempotency-key"] {
+        assert!(allow.contains(name), "{allow}");
+    }
+    let other = preflight("http://evil.example").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    let sent = services
+        .http
+        .post(&url)
+        .header("origin", "http://localhost:5003")
+        .bearer_auth(&alice)
+        .json(&json!({"recipient": "alice", "content": "from the page"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 201);
+    assert_eq!(
+        sent.headers()["access-control-allow-origin"],
+        "http://localhost:5003"
+    );
+    assert!(
+        sent.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("retry-after")
+    );
+    // Errors carry them too: the page reads the message.
+    let refused = services
+        .http
+        .post(&url)
+        .header("origin", "http://localhost:5003")
+        .json(&json!({"recipient": "alice", "content": "no token"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+}

@@ -168,8 +168,13 @@ impl<S: Source> Vars<S> {
     }
 
     pub fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        self.flag_or(name, false)
+    }
+
+    /// A `true`/`false` variable, `default` when unset.
+    pub fn flag_or(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self.string(name).map(|v| v.to_ascii_lowercase()) {
-            None => Ok(false),
+            None => Ok(default),
             Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
             Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
             Some(v) => Err(ConfigError::malformed(name, v, "expected true or false")),
@@ -340,6 +345,9 @@ pub struct CommonConfig {
     /// `HTTP_HEADER_TIMEOUT`, `HTTP_IDLE_TIMEOUT`, `MAX_CONNECTIONS`, `TRUSTED_PROXIES` and
     /// `METRICS_PORT` (see [`crate::server`]).
     pub server: crate::server::ServerConfig,
+    /// `CORS_ALLOWED_ORIGINS`: the web pages that may call the service (default none; see
+    /// [`crate::http::Cors`]).
+    pub cors: crate::http::Cors,
 }
 
 impl CommonConfig {
@@ -372,6 +380,11 @@ impl CommonConfig {
                 .into(),
             json_logs,
             server: server_config(vars)?,
+            cors: match vars.string("CORS_ALLOWED_ORIGINS") {
+                None => crate::http::Cors::Off,
+                Some(list) => crate::http::Cors::parse(&list)
+                    .map_err(|e| ConfigError::malformed("CORS_ALLOWED_ORIGINS", list, e))?,
+            },
         })
     }
 }

@@ -1,10 +1,56 @@
-//! The `new_message` event chat-service publishes to the fanout exchange and websocket-service
-//! consumes, and the message as the HTTP API renders it. Field names are the original system's.
+//! The events on the fanout exchange and the frames websocket-service pushes, and the message as
+//! the HTTP API renders it. Field names of `new_message` are the original system's.
+//!
+//! Every event is `{"type": ..., "data": {...}}`; replicas route by `type`:
+//! - `new_message` (chat-service, one per stored message): to the recipient's and the sender's
+//!   sockets, every socket;
+//! - `read` (chat-service, `POST /chat/read`): to the reader's and the peer's sockets that asked
+//!   for `read` events;
+//! - `typing` (websocket-service, from a client's frame; never stored): to the addressee's sockets
+//!   that asked for `typing` events.
 
 use serde::{Deserialize, Serialize};
 
 /// Event type of a stored message.
 pub const NEW_MESSAGE: &str = "new_message";
+/// Event type of a read receipt.
+pub const READ: &str = "read";
+/// Event type of a typing notice.
+pub const TYPING: &str = "typing";
+
+/// `reader` has read their conversation with `peer` up to the message `upTo` (an `_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadReceipt {
+    pub reader: String,
+    pub peer: String,
+    #[serde(rename = "upTo")]
+    pub up_to: String,
+}
+
+/// `from` is typing to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Typing {
+    pub from: String,
+    pub to: String,
+}
+
+/// Any event on the exchange, routed by its `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum AnyEvent {
+    #[serde(rename = "new_message")]
+    NewMessage(MessageView),
+    #[serde(rename = "read")]
+    Read(ReadReceipt),
+    #[serde(rename = "typing")]
+    Typing(Typing),
+}
+
+/// The exchange payload of a `read` or `typing` event.
+pub fn signal_bytes(kind: &str, data: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "type": kind, "data": data }))
+        .expect("an event always serialises")
+}
 
 /// A stored chat message as JSON: `_id` a hex ObjectId, `timestamp` RFC 3339 UTC with
 /// milliseconds (`2025-01-31T12:00:00.000Z`).
@@ -67,9 +113,81 @@ impl<'a> From<&'a MessageView> for Frame<'a> {
     }
 }
 
+/// The frame of a read receipt: `{"type":"read","reader","peer","upTo"}`.
+pub fn read_frame(r: &ReadReceipt) -> String {
+    #[derive(Serialize)]
+    struct ReadFrame<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        #[serde(flatten)]
+        receipt: &'a ReadReceipt,
+    }
+    serde_json::to_string(&ReadFrame {
+        kind: READ,
+        receipt: r,
+    })
+    .expect("a frame always serialises")
+}
+
+/// The frame of a typing notice: `{"type":"typing","from"}`.
+pub fn typing_frame(t: &Typing) -> String {
+    #[derive(Serialize)]
+    struct TypingFrame<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        from: &'a str,
+    }
+    serde_json::to_string(&TypingFrame {
+        kind: TYPING,
+        from: &t.from,
+    })
+    .expect("a frame always serialises")
+}
+
+/// The frame answering a client frame the service cannot act on: `{"type":"error","message"}`.
+pub fn error_frame(message: &str) -> String {
+    serde_json::json!({ "type": "error", "message": message }).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_routed_by_their_type() {
+        let read = ReadReceipt {
+            reader: "bob".into(),
+            peer: "alice".into(),
+            up_to: "65b9f0c2a1b2c3d4e5f60718".into(),
+        };
+        let bytes = signal_bytes(READ, &read);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "read", "data": {"reader": "bob", "peer": "alice",
+                "upTo": "65b9f0c2a1b2c3d4e5f60718"}})
+        );
+        assert_eq!(
+            serde_json::from_slice::<AnyEvent>(&bytes).unwrap(),
+            AnyEvent::Read(read.clone())
+        );
+        let frame: serde_json::Value = serde_json::from_str(&read_frame(&read)).unwrap();
+        assert_eq!(
+            frame,
+            serde_json::json!({"type": "read", "reader": "bob", "peer": "alice",
+                "upTo": "65b9f0c2a1b2c3d4e5f60718"})
+        );
+        let typing = Typing {
+            from: "bob".into(),
+            to: "alice".into(),
+        };
+        assert_eq!(
+            serde_json::from_slice::<AnyEvent>(&signal_bytes(TYPING, &typing)).unwrap(),
+            AnyEvent::Typing(typing.clone())
+        );
+        assert_eq!(typing_frame(&typing), r#"{"type":"typing","from":"bob"}"#);
+        assert!(serde_json::from_slice::<AnyEvent>(br#"{"type":"other","data":{}}"#).is_err());
+    }
 
     #[test]
     fn event_wire_shape_matches_the_original() {

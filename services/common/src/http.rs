@@ -116,11 +116,94 @@ impl Default for Limits {
     }
 }
 
+/// Which web pages may call the service from a browser (`CORS_ALLOWED_ORIGINS`): none by
+/// default (a browser then refuses a page from another origin, as it should for an API whose
+/// clients are apps); the web client served by websocket-service on another port needs its
+/// origin listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Cors {
+    #[default]
+    Off,
+    /// `*`: any page.
+    Any,
+    /// `loopback`: pages from `http://localhost`, `127.0.0.1` or `[::1]` on any port (the
+    /// standalone stack's default, for the web client on this machine).
+    Loopback,
+    /// A comma-separated list of origins, `scheme://host[:port]` each.
+    Origins(Vec<HeaderValue>),
+}
+
+impl Cors {
+    /// Parses `CORS_ALLOWED_ORIGINS`; the error says what is wrong.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        match list.trim() {
+            "" => return Ok(Self::Off),
+            "*" => return Ok(Self::Any),
+            "loopback" => return Ok(Self::Loopback),
+            _ => {}
+        }
+        let mut origins = Vec::new();
+        for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let uri: axum::http::Uri = origin
+                .parse()
+                .map_err(|_| format!("{origin:?} is not an origin"))?;
+            let plain = matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some()
+                && uri.path() == "/"
+                && uri.query().is_none()
+                // A browser's Origin never ends with a slash: such an entry would match nothing.
+                && !origin.ends_with('/');
+            if !plain {
+                return Err(format!(
+                    "{origin:?} is not an origin: expected scheme://host[:port], such as http://localhost:5003"
+                ));
+            }
+            origins.push(HeaderValue::from_str(origin).map_err(|e| e.to_string())?);
+        }
+        Ok(Self::Origins(origins))
+    }
+
+    fn layer(&self) -> Option<tower_http::cors::CorsLayer> {
+        use axum::http::{HeaderName, Method};
+        use tower_http::cors::{AllowOrigin, CorsLayer};
+        let allow = match self {
+            Self::Off => return None,
+            Self::Any => AllowOrigin::any(),
+            Self::Origins(list) => AllowOrigin::list(list.iter().cloned()),
+            Self::Loopback => AllowOrigin::predicate(|origin, _| {
+                origin.to_str().is_ok_and(|o| {
+                    let host = o.strip_prefix("http://").unwrap_or("");
+                    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+                        if port.bytes().all(|b| b.is_ascii_digit()) {
+                            h
+                        } else {
+                            host
+                        }
+                    });
+                    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+                })
+            }),
+        };
+        Some(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    HeaderName::from_static("idempotency-key"),
+                ])
+                .expose_headers([header::RETRY_AFTER])
+                .max_age(Duration::from_secs(600)),
+        )
+    }
+}
+
 /// Wraps a service's routes with what every service has: `/healthz`, `/metrics`, JSON 404/405,
-/// body limit, request timeout, request metrics and request tracing.
-pub fn finish_router(routes: Router, metrics: &HttpMetrics, limits: Limits) -> Router {
+/// body limit, request timeout, request metrics, request tracing and CORS.
+pub fn finish_router(routes: Router, metrics: &HttpMetrics, limits: Limits, cors: &Cors) -> Router {
     let timeout = limits.request_timeout;
-    routes
+    let router = routes
         .merge(metrics_router(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -135,7 +218,13 @@ pub fn finish_router(routes: Router, metrics: &HttpMetrics, limits: Limits) -> R
                 .make_span_with(|req: &Request| {
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
                 }),
-        )
+        );
+    // Outermost: every answer carries the headers a page needs to read it, a 503 from the
+    // timeout or a 413 from the body limit included, and a preflight is answered here.
+    match cors.layer() {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
 }
 
 /// `/healthz` and `/metrics`: what a scraper needs, alone on `METRICS_PORT` when it is set.
@@ -234,5 +323,29 @@ mod tests {
         assert_eq!(bearer_token(&h), None);
         h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
         assert_eq!(bearer_token(&h), None);
+    }
+
+    #[test]
+    fn cors_origins_are_plain_origins() {
+        assert_eq!(Cors::parse(""), Ok(Cors::Off));
+        assert_eq!(Cors::parse("*"), Ok(Cors::Any));
+        assert_eq!(Cors::parse("loopback"), Ok(Cors::Loopback));
+        assert_eq!(
+            Cors::parse("http://localhost:5003, https://chat.example.com"),
+            Ok(Cors::Origins(vec![
+                HeaderValue::from_static("http://localhost:5003"),
+                HeaderValue::from_static("https://chat.example.com"),
+            ]))
+        );
+        for bad in [
+            "localhost:5003",
+            "http://localhost:5003/",
+            "http://localhost:5003/app",
+            "http://localhost:5003?x=1",
+            "ftp://localhost",
+            "http://",
+        ] {
+            assert!(Cors::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! Helpers for the services' integration tests: where the real backing servers are, and a clear
 //! failure (never a skip) when one is not running.
 
+mod conversations;
+pub use conversations::conversations_scenario;
+
 use std::{net::ToSocketAddrs, time::Duration};
 
 /// What a load test lifts: the defaults protect a public deployment (10 sends/s per user, 20

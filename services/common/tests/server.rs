@@ -41,8 +41,12 @@ async fn start(config: ServerConfig) -> Server {
                 "slow"
             }),
         );
-    let router =
-        chat_common::http::finish_router(routes, &metrics, chat_common::http::Limits::default());
+    let router = chat_common::http::finish_router(
+        routes,
+        &metrics,
+        chat_common::http::Limits::default(),
+        &chat_common::http::Cors::Off,
+    );
     let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), &config)
         .await
         .unwrap();

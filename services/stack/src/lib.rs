@@ -128,6 +128,13 @@ where
             ("METRICS_PORT".into(), String::new()),
         ],
     };
+    // The web client served on WS_PORT calls auth and chat on their own ports: other origins
+    // to a browser. Unless told otherwise, the stack lets pages on this machine call it.
+    if vars.string("CORS_ALLOWED_ORIGINS").is_none() {
+        settings
+            .over
+            .push(("CORS_ALLOWED_ORIGINS".into(), "loopback".into()));
+    }
     let auth_config = auth_service::Config::from_env(&Vars(&settings)).map_err(config_error)?;
     let auth = auth_service::App::build(&auth_config).await?;
     let auth_addr = auth.local_addr();

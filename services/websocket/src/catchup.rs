@@ -116,6 +116,7 @@ pub enum CatchUpError {
 pub struct ChatClient {
     http: reqwest::Client,
     messages_url: String,
+    history_url: String,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +133,7 @@ impl ChatClient {
                 .connect_timeout(timeout)
                 .build()?,
             messages_url: format!("{base}/chat/messages"),
+            history_url: format!("{base}/chat/history"),
         })
     }
 
@@ -152,6 +154,34 @@ impl ChatClient {
             return Err(CatchUpError::Status(response.status()));
         }
         Ok(response.json::<Page>().await?.data)
+    }
+
+    /// Whether `me` and `peer` have exchanged a message: the newest message of their
+    /// conversation, read with `me`'s token, within `timeout`. A refusal (4xx: the token expired,
+    /// a bad username) is a no; chat-service failing is an error.
+    pub async fn shares_conversation(
+        &self,
+        token: &str,
+        me: &str,
+        peer: &str,
+        timeout: Duration,
+    ) -> Result<bool, CatchUpError> {
+        let response = self
+            .http
+            .get(&self.history_url)
+            .bearer_auth(token)
+            .query(&[("user1", me), ("user2", peer), ("limit", "1")])
+            .timeout(timeout)
+            .send()
+            .await?;
+        let status = response.status();
+        if status.is_client_error() {
+            return Ok(false);
+        }
+        if !status.is_success() {
+            return Err(CatchUpError::Status(status));
+        }
+        Ok(!response.json::<Page>().await?.data.is_empty())
     }
 }
 

@@ -8,6 +8,10 @@
 //! to every socket of its recipient and of its sender's other devices, with its `_id` so a
 //! socket never gets the same message twice (see [`crate::socket`]).
 //!
+//! `read` and `typing` events are routed by their `type` the same way, to the sockets that asked
+//! for them ([`Events`]): a read receipt to the reader's and the peer's, a typing notice to its
+//! addressee's. They carry no `_id`: never deduplicated, never caught up.
+//!
 //! When the event consumer had to start over on a fresh queue (the broker restarted, the
 //! connection dropped), events published in between never reached this replica:
 //! [`Hub::events_interrupted`] tells every socket, and each catches up from the store.
@@ -22,17 +26,22 @@ use std::{
 
 use axum::extract::ws::Utf8Bytes;
 use chat_common::{
-    event::{Event, Frame, MessageView, NEW_MESSAGE},
+    event::{
+        AnyEvent, Frame, MessageView, READ, ReadReceipt, TYPING, Typing, read_frame, typing_frame,
+    },
     time::{now_millis, parse_rfc3339_millis},
 };
+use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::{WsMetrics, catchup::MessageId, outbox::Outbox};
+use crate::{WsMetrics, catchup::MessageId, outbox::Outbox, signals::Events};
 
 /// One open socket.
 struct Conn {
     id: u64,
     outbox: Arc<Outbox>,
+    /// The signals it asked for.
+    events: Events,
 }
 
 pub struct Hub {
@@ -87,6 +96,10 @@ pub struct Registration {
 }
 
 impl Registration {
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
     /// A number that differs from socket to socket, to spread their work over time.
     pub fn spread(&self) -> u64 {
         self.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
@@ -127,9 +140,9 @@ impl Hub {
         Some(Slot { hub: self.clone() })
     }
 
-    /// Registers a socket of `username`; beyond `WS_MAX_SOCKETS_PER_USER`, their oldest is
-    /// evicted (its task closes it with 4008).
-    pub fn register(self: &Arc<Self>, username: &str) -> Registration {
+    /// Registers a socket of `username` that asked for `events`; beyond
+    /// `WS_MAX_SOCKETS_PER_USER`, their oldest is evicted (its task closes it with 4008).
+    pub fn register(self: &Arc<Self>, username: &str, events: Events) -> Registration {
         let outbox = Arc::new(Outbox::new(self.queue));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let username: Arc<str> = username.into();
@@ -146,6 +159,7 @@ impl Hub {
             list.push(Conn {
                 id,
                 outbox: outbox.clone(),
+                events,
             });
         }
         self.metrics.open_sockets.inc();
@@ -177,6 +191,19 @@ impl Hub {
     /// A socket was closed for sending too many frames.
     pub fn flooding(&self) {
         self.metrics.flooding.inc();
+    }
+
+    /// A client's typing frame came to `outcome`.
+    pub fn typing_frame(&self, outcome: crate::signals::TypingOutcome) {
+        self.metrics
+            .typing
+            .with_label_values(&[outcome.label()])
+            .inc();
+    }
+
+    /// A client frame was answered with an error frame.
+    pub fn client_error(&self) {
+        self.metrics.client_errors.inc();
     }
 
     /// A socket could not read its catch-up and was closed (1013) to resume later.
@@ -227,15 +254,17 @@ impl Hub {
         self.read().values().map(Vec::len).sum()
     }
 
-    /// Queues the event's frame (built once, on the first socket found, into `frame`) on every
-    /// socket of `username`; a socket whose queue is full is marked dropped (its task closes it
-    /// with 1008, and the client resumes). Returns how many sockets got it.
+    /// Queues a frame (built once, on the first socket found, into `frame`) on every socket of
+    /// `username` (that asked for `signal`, if it is one); a socket whose queue is full is marked
+    /// dropped (its task closes it with 1008, and the client resumes). Returns how many sockets
+    /// got it.
     fn deliver(
         &self,
         username: &str,
-        id: MessageId,
-        message: &MessageView,
+        signal: Option<Events>,
+        id: Option<MessageId>,
         frame: &mut Option<Utf8Bytes>,
+        build: &dyn Fn() -> String,
     ) -> usize {
         let mut delivered = 0;
         let mut slow = Vec::new();
@@ -244,12 +273,11 @@ impl Hub {
             let Some(list) = conns.get(username) else {
                 return 0;
             };
-            let frame = frame.get_or_insert_with(|| {
-                serde_json::to_string(&Frame::from(message))
-                    .expect("a frame always serialises")
-                    .into()
-            });
             for c in list {
+                if signal.is_some_and(|s| !c.events.wants(s)) {
+                    continue;
+                }
+                let frame = frame.get_or_insert_with(|| build().into());
                 if c.outbox.push(id, frame.clone()) {
                     delivered += 1;
                 } else {
@@ -265,49 +293,93 @@ impl Hub {
         delivered
     }
 
+    fn delivered(&self, n: usize) {
+        self.metrics
+            .deliveries
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
     /// Handles one event payload from the exchange (or the in-process bus): once this returns,
     /// the event is in the queue of every local socket it is for, and may be acked. A payload
     /// that is not an event is counted (`ws_events_total{kind="malformed"}`) and dropped: it
     /// would fail the same way again.
     pub fn handle(&self, payload: &[u8]) {
-        let event: Event = match serde_json::from_slice(payload) {
+        let event: AnyEvent = match serde_json::from_slice(payload) {
             Ok(e) => e,
             Err(e) => {
-                self.metrics.events.with_label_values(&["malformed"]).inc();
-                tracing::warn!(error = %e, "ignoring a malformed event");
+                // A type this version does not know (a newer publisher) is not an error.
+                #[derive(Deserialize)]
+                struct Kind {
+                    #[serde(rename = "type")]
+                    kind: String,
+                }
+                let known = |k: &str| [chat_common::event::NEW_MESSAGE, READ, TYPING].contains(&k);
+                match serde_json::from_slice::<Kind>(payload) {
+                    Ok(Kind { kind }) if !known(&kind) => {
+                        self.metrics.events.with_label_values(&["ignored"]).inc();
+                    }
+                    _ => {
+                        self.metrics.events.with_label_values(&["malformed"]).inc();
+                        tracing::warn!(error = %e, "ignoring a malformed event");
+                    }
+                }
                 return;
             }
         };
-        if event.kind != NEW_MESSAGE {
-            self.metrics.events.with_label_values(&["ignored"]).inc();
-            return;
+        match event {
+            AnyEvent::NewMessage(m) => self.new_message(&m),
+            AnyEvent::Read(r) => self.read_receipt(&r),
+            AnyEvent::Typing(t) => self.typing(&t),
         }
-        let Some(id) = MessageId::parse(&event.data.id) else {
+    }
+
+    fn new_message(&self, m: &MessageView) {
+        let Some(id) = MessageId::parse(&m.id) else {
             self.metrics.events.with_label_values(&["malformed"]).inc();
-            tracing::warn!(id = %event.data.id, "ignoring an event whose _id is not an ObjectId");
+            tracing::warn!(id = %m.id, "ignoring an event whose _id is not an ObjectId");
             return;
         };
         self.metrics
             .events
             .with_label_values(&["new_message"])
             .inc();
-        let m = &event.data;
         let mut frame: Option<Utf8Bytes> = None;
+        let build = || serde_json::to_string(&Frame::from(m)).expect("a frame always serialises");
         let mut delivered = 0;
         // The recipient's sockets, then the sender's other devices.
         let sender_differs = m.sender != m.recipient;
         for name in std::iter::once(&m.recipient).chain(sender_differs.then_some(&m.sender)) {
-            delivered += self.deliver(name, id, m, &mut frame);
+            delivered += self.deliver(name, None, Some(id), &mut frame, &build);
         }
         if delivered > 0 {
-            self.metrics
-                .deliveries
-                .inc_by(u64::try_from(delivered).unwrap_or(u64::MAX));
+            self.delivered(delivered);
             if let Some(sent_ms) = parse_rfc3339_millis(&m.timestamp) {
                 #[allow(clippy::cast_precision_loss)]
                 let secs = (now_millis() - sent_ms).max(0) as f64 / 1000.0;
                 self.metrics.latency.observe(secs);
             }
         }
+    }
+
+    /// To the peer's sockets (their messages were read) and the reader's (their other devices).
+    fn read_receipt(&self, r: &ReadReceipt) {
+        self.metrics.events.with_label_values(&[READ]).inc();
+        let mut frame = None;
+        let build = || read_frame(r);
+        let mut delivered = 0;
+        let differs = r.reader != r.peer;
+        for name in std::iter::once(&r.peer).chain(differs.then_some(&r.reader)) {
+            delivered += self.deliver(name, Some(Events::READ), None, &mut frame, &build);
+        }
+        self.delivered(delivered);
+    }
+
+    fn typing(&self, t: &Typing) {
+        self.metrics.events.with_label_values(&[TYPING]).inc();
+        let mut frame = None;
+        let delivered = self.deliver(&t.to, Some(Events::TYPING), None, &mut frame, &|| {
+            typing_frame(t)
+        });
+        self.delivered(delivered);
     }
 }

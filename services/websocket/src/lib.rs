@@ -6,7 +6,9 @@ pub mod catchup;
 pub mod consumer;
 pub mod hub;
 mod outbox;
+pub mod signals;
 mod socket;
+mod web;
 
 use std::{
     future::Future,
@@ -97,6 +99,8 @@ pub struct Config {
     /// `PREFETCH` (default 256): unacknowledged events in flight.
     pub prefetch: u16,
     pub socket: SocketConfig,
+    /// `WEB_CLIENT` (default true): serve the web client at `/` to a plain GET.
+    pub web_client: bool,
 }
 
 impl Config {
@@ -119,6 +123,7 @@ impl Config {
                 .string("EXCHANGE_NAME")
                 .unwrap_or_else(|| chat_common::bus::DEFAULT_EXCHANGE.to_owned()),
             prefetch: vars.positive_or("PREFETCH", 256)?,
+            web_client: vars.flag_or("WEB_CLIENT", true)?,
             socket: SocketConfig {
                 ping_interval: vars.nonzero_duration_or("WS_PING_INTERVAL", s.ping_interval)?,
                 queue: vars.positive_or("WS_QUEUE", s.queue)?,
@@ -135,6 +140,15 @@ impl Config {
             },
             common,
         })
+    }
+
+    /// Where typing events go: where events come from.
+    fn signal_bus(&self) -> signals::SignalBus {
+        #[cfg(feature = "amqp")]
+        if self.rabbitmq_url.is_some() {
+            return signals::SignalBus::amqp(&self.exchange);
+        }
+        signals::SignalBus::local(self.local_bus.clone())
     }
 
     /// Where events come from: RabbitMQ at `RABBITMQ_URL`, else the in-process bus.
@@ -236,6 +250,8 @@ pub struct WsMetrics {
     pub refused: prometheus::IntCounter,
     pub evicted: prometheus::IntCounter,
     pub flooding: prometheus::IntCounter,
+    pub typing: prometheus::IntCounterVec,
+    pub client_errors: prometheus::IntCounter,
 }
 
 #[derive(Clone)]
@@ -249,7 +265,11 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     stop: Arc<watch::Sender<bool>>,
     pub http_metrics: HttpMetrics,
+    /// Where typing events are published.
+    pub signals: signals::SignalBus,
+    web_client: bool,
     limits: Limits,
+    cors: chat_common::http::Cors,
 }
 
 impl AppState {
@@ -295,7 +315,18 @@ impl AppState {
                 "ws_sockets_flooding_total",
                 "Sockets closed (1008) for sending more than WS_MAX_FRAMES_PER_SEC.",
             )?,
+            typing: metrics::counter_vec(
+                "ws_typing_total",
+                "Typing frames from clients, by outcome (forwarded, rate_limited, no_conversation, unavailable).",
+                &["outcome"],
+            ),
+            client_errors: prometheus::IntCounter::new(
+                "ws_client_frame_errors_total",
+                "Client frames answered with an error frame (malformed, unknown type, binary).",
+            )?,
         };
+        http_metrics.register(metrics.typing.clone());
+        http_metrics.register(metrics.client_errors.clone());
         http_metrics.register(metrics.refused.clone());
         http_metrics.register(metrics.evicted.clone());
         http_metrics.register(metrics.flooding.clone());
@@ -320,7 +351,10 @@ impl AppState {
             shutdown,
             stop: Arc::new(stop),
             http_metrics,
+            signals: config.signal_bus(),
+            web_client: config.web_client,
             limits: config.common.limits,
+            cors: config.common.cors.clone(),
         })
     }
 
@@ -328,6 +362,7 @@ impl AppState {
     pub fn start_consumer(&self, source: EventSource) {
         tokio::spawn(consumer::run(
             source,
+            self.signals.clone(),
             self.hub.clone(),
             self.consumer_ready.clone(),
             self.shutdown.clone(),
@@ -347,9 +382,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
 pub fn router(state: AppState) -> Router {
     let metrics = state.http_metrics.clone();
     let limits = state.limits;
-    let routes = Router::new()
+    let cors = state.cors.clone();
+    let mut routes = Router::new()
         .route("/", get(socket::upgrade))
-        .route("/readyz", get(readyz))
-        .with_state(state);
-    chat_common::http::finish_router(routes, &metrics, limits)
+        .route("/readyz", get(readyz));
+    if state.web_client {
+        routes = routes
+            .route("/app.js", get(web::app))
+            .route("/style.css", get(web::style));
+    }
+    let routes = routes.with_state(state);
+    chat_common::http::finish_router(routes, &metrics, limits, &cors)
 }

@@ -16,8 +16,9 @@ use tokio::sync::Notify;
 
 use crate::catchup::MessageId;
 
-/// A queued frame and the `_id` of the message it carries.
-pub type Queued = (MessageId, Utf8Bytes);
+/// A queued frame and the `_id` of the message it carries (`None` for a signal, `read` or
+/// `typing`: never repeated, never caught up).
+pub type Queued = (Option<MessageId>, Utf8Bytes);
 
 #[derive(Debug)]
 pub struct Outbox {
@@ -35,7 +36,7 @@ const EVICTED: u8 = 2;
 /// What the socket task gets next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    Frame(MessageId, Utf8Bytes),
+    Frame(Option<MessageId>, Utf8Bytes),
     /// The queue overflowed: close the socket.
     Dropped,
     /// The user opened more sockets than they may keep: close this (their oldest).
@@ -59,7 +60,7 @@ impl Outbox {
     }
 
     /// Queues a frame; `false` (and the queue is marked dropped) when it is full.
-    pub fn push(&self, id: MessageId, frame: Utf8Bytes) -> bool {
+    pub fn push(&self, id: Option<MessageId>, frame: Utf8Bytes) -> bool {
         let mut frames = self.lock();
         if frames.len() >= self.capacity {
             frames.clear();
@@ -125,28 +126,28 @@ mod tests {
     #[tokio::test]
     async fn delivers_in_order_and_wakes_a_waiting_reader() {
         let o = std::sync::Arc::new(Outbox::new(2));
-        assert!(o.push(id(1), "a".into()));
-        assert!(o.push(id(2), "b".into()));
-        assert_eq!(o.next().await, Next::Frame(id(1), "a".into()));
-        assert_eq!(o.next().await, Next::Frame(id(2), "b".into()));
+        assert!(o.push(Some(id(1)), "a".into()));
+        assert!(o.push(Some(id(2)), "b".into()));
+        assert_eq!(o.next().await, Next::Frame(Some(id(1)), "a".into()));
+        assert_eq!(o.next().await, Next::Frame(Some(id(2)), "b".into()));
         let waiter = tokio::spawn({
             let o = o.clone();
             async move { o.next().await }
         });
         tokio::task::yield_now().await;
-        assert!(o.push(id(3), "c".into()));
-        assert_eq!(waiter.await.unwrap(), Next::Frame(id(3), "c".into()));
+        assert!(o.push(Some(id(3)), "c".into()));
+        assert_eq!(waiter.await.unwrap(), Next::Frame(Some(id(3)), "c".into()));
     }
 
     #[tokio::test]
     async fn overflow_drops_the_socket() {
         let o = Outbox::new(2);
-        assert!(o.push(id(1), "a".into()));
-        assert!(o.push(id(2), "b".into()));
+        assert!(o.push(Some(id(1)), "a".into()));
+        assert!(o.push(Some(id(2)), "b".into()));
         assert_eq!(o.take_queued().unwrap().len(), 2, "taken aside");
-        assert!(o.push(id(1), "a".into()));
-        assert!(o.push(id(2), "b".into()));
-        assert!(!o.push(id(3), "c".into()), "full");
+        assert!(o.push(Some(id(1)), "a".into()));
+        assert!(o.push(Some(id(2)), "b".into()));
+        assert!(!o.push(Some(id(3)), "c".into()), "full");
         assert_eq!(o.take_queued(), Err(Next::Dropped));
         assert_eq!(
             o.next().await,

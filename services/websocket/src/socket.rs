@@ -1,7 +1,9 @@
 //! The WebSocket endpoint: authentication at the upgrade, then one task per socket that catches
 //! the client up (`?last_id=`), writes queued frames (each message once), pings, reads (pongs,
 //! close), catches up again when this replica's events were interrupted, and closes on token
-//! expiry, slow consumption or shutdown.
+//! expiry, slow consumption or shutdown. Clients may send typing frames ([`crate::signals`]);
+//! anything else they send gets an `error` frame. A plain GET without an upgrade gets the web
+//! client ([`crate::web`]).
 
 use std::{collections::HashMap, collections::VecDeque, time::Duration};
 
@@ -25,6 +27,7 @@ use crate::{
     catchup::{MessageId, PAGE, RecentIds},
     hub::{Registration, Slot},
     outbox::{Next, Queued},
+    signals::{ClientFrame, Events, TypingGate, parse_client_frame},
 };
 
 /// Close codes.
@@ -50,10 +53,10 @@ fn closing(verdict: &Next) -> Message {
 /// Sub-protocol a client may offer next to its token (`Sec-WebSocket-Protocol: bearer, <jwt>`).
 const BEARER_PROTOCOL: &str = "bearer";
 
-/// `GET /?token=<JWT>` with an upgrade. The token may also come as `Authorization: Bearer` or as a
+/// `GET /?token=<JWT>[&last_id=<_id>][&events=read,typing]` with an upgrade. The token may also come as `Authorization: Bearer` or as a
 /// `Sec-WebSocket-Protocol` value next to `bearer` (the only protocol ever selected: a token is
 /// never echoed in a response header). A missing or bad token is closed at once with code 4001;
-/// a replica holding `WS_MAX_SOCKETS` answers 503.
+/// a replica holding `WS_MAX_SOCKETS` answers 503. Without an `Upgrade` header, the web client.
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -62,6 +65,9 @@ pub async fn upgrade(
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
+        Err(_) if state.web_client && !headers.contains_key(header::UPGRADE) => {
+            return crate::web::index();
+        }
         Err(rejection) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
@@ -96,6 +102,11 @@ pub async fn upgrade(
             );
         }
     };
+    let events = match query.get("events").map(|list| Events::parse(list)) {
+        None => Events::NONE,
+        Some(Ok(events)) => events,
+        Some(Err(message)) => return error_response(StatusCode::BAD_REQUEST, message),
+    };
     let verdict = match token.as_deref() {
         None => Err("No token provided"),
         Some(t) => state.verifier.verify_user(t).map_err(|e| match e {
@@ -129,6 +140,7 @@ pub async fn upgrade(
                 token: token.unwrap_or_default().into_boxed_str(),
                 expires_at: user.expires_at,
                 last_id,
+                events,
             };
             ws.on_upgrade(move |socket| serve(socket, user, session, state, slot))
         }
@@ -153,10 +165,12 @@ struct Session {
     expires_at: u64,
     /// The last message the client saw, if it is resuming.
     last_id: Option<MessageId>,
+    /// The signals it asked for.
+    events: Events,
 }
 
 async fn serve(socket: WebSocket, user: User, session: Session, state: AppState, slot: Slot) {
-    let registration = state.hub.register(&user.username);
+    let registration = state.hub.register(&user.username, session.events);
     drop(user); // Idle sockets are many: keep nothing the task does not need.
     run_socket(socket, registration, session, &state).await;
     drop(slot);
@@ -179,16 +193,19 @@ impl<S> Writer<'_, S>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    /// Writes `frame` unless message `id` was already written to this socket.
+    /// Writes `frame` unless message `id` was already written to this socket (a signal, without
+    /// an id, always).
     async fn frame(
         &mut self,
-        id: MessageId,
+        id: Option<MessageId>,
         frame: axum::extract::ws::Utf8Bytes,
     ) -> Result<(), Stop> {
-        if !self.sent.insert(id) {
-            return Ok(());
+        if let Some(id) = id {
+            if !self.sent.insert(id) {
+                return Ok(());
+            }
+            self.cursor = self.cursor.max(id);
         }
-        self.cursor = self.cursor.max(id);
         match tokio::time::timeout(self.write_timeout, self.socket.send(Message::Text(frame))).await
         {
             Ok(Ok(())) => Ok(()),
@@ -243,7 +260,7 @@ where
             };
             let frame = serde_json::to_string(&chat_common::event::Frame::from(m))
                 .expect("a frame always serialises");
-            writer.frame(id, frame.into()).await?;
+            writer.frame(Some(id), frame.into()).await?;
             after = id;
         }
         state.hub.caught_up(page.len());
@@ -268,8 +285,21 @@ where
 {
     let outcome = serve_socket(&mut socket, &mut reg, &session, state).await;
     drop(reg);
-    if let Some(message) = outcome {
-        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(message)).await;
+    if let Some(message) = outcome
+        && let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), socket.send(message)).await
+    {
+        // The closing handshake: what the client still sends is read (and dropped) until its
+        // Close, for at most a second. Closing with unread input makes the kernel reset the
+        // connection, and a reset discards what the client had not read yet: our close frame
+        // among it (seen with a client flooding frames: it read no close code at all).
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(message)) = socket.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
 }
@@ -295,6 +325,7 @@ where
     // client that sends but never reads cannot answer, and is dropped after two intervals).
     let mut ping_nonce = 0u64;
     let mut frames = FrameBudget::new(state.config.max_frames_per_sec);
+    let mut typing = TypingGate::default();
     let expiry = tokio::time::sleep(Duration::from_secs(
         session.expires_at.saturating_sub(now_secs()),
     ));
@@ -379,10 +410,53 @@ where
                             missed_pongs = 0;
                         }
                     }
-                    // Clients send nothing else we act on.
-                    Some(Ok(_)) => {}
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                        let answer = Box::pin(client_frame(message, &mut typing, reg, session, state)).await;
+                        if let Some(error) = answer
+                            && let Err(stop) = writer.frame(None, error.into()).await
+                        {
+                            break stop;
+                        }
+                    }
+                    // Pings are answered by the WebSocket layer itself.
+                    Some(Ok(Message::Ping(_))) => {}
                 }
             }
+        }
+    }
+}
+
+/// Acts on a client's data frame; `Some` error frame to answer it with.
+async fn client_frame(
+    message: Message,
+    typing: &mut TypingGate,
+    reg: &Registration,
+    session: &Session,
+    state: &AppState,
+) -> Option<String> {
+    let parsed = match &message {
+        Message::Text(text) => parse_client_frame(text),
+        _ => Err("Binary frames are not supported: send JSON text"),
+    };
+    match parsed {
+        Ok(ClientFrame::Typing { to }) => {
+            let outcome = typing
+                .typing(
+                    &state.chat,
+                    &state.signals,
+                    &session.token,
+                    reg.username(),
+                    &to,
+                )
+                .await;
+            state.hub.typing_frame(outcome);
+            // Dropped typing frames are not answered: to the sender, a peer who cannot be told
+            // looks like one who is not looking.
+            None
+        }
+        Err(message) => {
+            state.hub.client_error();
+            Some(chat_common::event::error_frame(message))
         }
     }
 }
@@ -485,13 +559,14 @@ mod tests {
     ) -> (Arc<Outbox>, Client, tokio::task::JoinHandle<()>) {
         let (to_client, received) = mpsc::unbounded_channel();
         let (send, from_client) = mpsc::unbounded_channel();
-        let reg = state.hub.register("bob");
+        let reg = state.hub.register("bob", Events::NONE);
         let outbox = reg.outbox.clone();
         let state = state.clone();
         let session = Session {
             token: "a-token".into(),
             expires_at,
             last_id,
+            events: Events::NONE,
         };
         let task = tokio::spawn(async move {
             let socket = Channels {
@@ -526,7 +601,7 @@ mod tests {
         let state = state();
         let (outbox, mut client, task) = start(&state, now_secs() + 3600);
         for (n, frame) in [(1, "one"), (2, "two"), (1, "one again"), (3, "three")] {
-            assert!(outbox.push(id(n), frame.into()));
+            assert!(outbox.push(Some(id(n)), frame.into()));
         }
         for frame in ["one", "two", "three"] {
             assert_eq!(

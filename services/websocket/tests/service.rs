@@ -463,3 +463,234 @@ async fn shutdown_closes_every_socket_with_1001() {
     assert_eq!(close_code(&mut a).await, Some(1001));
     assert_eq!(close_code(&mut b).await, Some(1001));
 }
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Services {
+    /// A socket of `token`'s user with `query` (such as `events=read,typing`) after its token.
+    async fn connect_with(&self, token: &str, query: &str) -> Socket {
+        let url = format!("ws://{}/?token={token}&{query}", self.websocket);
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        socket
+    }
+
+    /// `POST /chat/read` as `token`'s user; the status.
+    async fn mark_read(&self, token: &str, peer: &str, up_to: &str) -> u16 {
+        reqwest::Client::new()
+            .post(format!("http://{}/chat/read", self.chat))
+            .bearer_auth(token)
+            .json(&json!({"peer": peer, "upTo": up_to}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.websocket))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// Every text frame, as JSON, that arrives until the socket has been quiet for 500 ms.
+async fn frames(socket: &mut Socket) -> Vec<Value> {
+    let mut frames = Vec::new();
+    while let Ok(Some(Ok(frame))) =
+        tokio::time::timeout(Duration::from_millis(500), socket.next()).await
+    {
+        match frame {
+            Message::Text(text) => frames.push(serde_json::from_str(&text).unwrap()),
+            Message::Close(close) => panic!("closed: {close:?}"),
+            _ => {}
+        }
+    }
+    frames
+}
+
+async fn send_frame(socket: &mut Socket, frame: Message) {
+    use futures_util::SinkExt;
+    socket.send(frame).await.unwrap();
+}
+
+fn typing_to(to: &str) -> Message {
+    Message::text(json!({"type": "typing", "to": to}).to_string())
+}
+
+#[tokio::test]
+async fn read_and_typing_frames_reach_only_the_sockets_that_asked_for_them() {
+    let services = start().await;
+    let alice = services.user("alice").await;
+    let bob = services.user("bob").await;
+    let first = services.send(&alice, "bob", "hello").await;
+    let mut bob_plain = services.connect(&bob, None).await;
+    let mut bob_app = services.connect_with(&bob, "events=read,typing").await;
+    let mut alice_read = services.connect_with(&alice, "events=read").await;
+    let mut alice_typing = services.connect_with(&alice, "events=typing").await;
+
+    send_frame(&mut alice_typing, typing_to("bob")).await;
+    assert_eq!(
+        frames(&mut bob_app).await,
+        [json!({"type": "typing", "from": "alice"})]
+    );
+
+    assert_eq!(services.mark_read(&bob, "alice", &first).await, 204);
+    let receipt = json!({"type": "read", "reader": "bob", "peer": "alice", "upTo": first});
+    assert_eq!(
+        frames(&mut alice_read).await,
+        std::slice::from_ref(&receipt),
+        "the peer"
+    );
+    assert_eq!(
+        frames(&mut bob_app).await,
+        [receipt],
+        "the reader's other devices"
+    );
+    // Read again, nothing moves: no receipt.
+    assert_eq!(services.mark_read(&bob, "alice", &first).await, 204);
+    assert!(frames(&mut alice_read).await.is_empty());
+
+    // Messages reach every socket, whatever it asked for; a socket that asked for nothing (a
+    // client of the original system) sees nothing else.
+    services.send(&alice, "bob", "after").await;
+    let plain = frames(&mut bob_plain).await;
+    assert_eq!(plain.len(), 1, "{plain:?}");
+    assert_eq!(plain[0]["type"], "new_message");
+    assert_eq!(frames(&mut bob_app).await[0]["content"], "after");
+    let typing_only = frames(&mut alice_typing).await;
+    assert!(
+        typing_only.iter().all(|f| f["type"] == "new_message"),
+        "{typing_only:?}"
+    );
+
+    // The list of events is checked at the upgrade.
+    let url = format!(
+        "ws://{}/?token={bob}&events=read,presence",
+        services.websocket
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn typing_is_dropped_for_strangers_and_beyond_its_rate_and_bad_frames_get_error_frames() {
+    let services = start().await;
+    let alice = services.user("alice").await;
+    let bob = services.user("bob").await;
+    let carol = services.user("carol").await;
+    services.send(&bob, "alice", "hi").await;
+    let mut bob_socket = services.connect_with(&bob, "events=typing").await;
+    let mut carol_socket = services.connect_with(&carol, "events=typing").await;
+    let mut alice_socket = services.connect(&alice, None).await;
+    assert_eq!(frames(&mut bob_socket).await.len(), 0);
+
+    // Carol has never exchanged a message with Alice.
+    let mut alice_other = services.connect(&alice, None).await;
+    send_frame(&mut alice_other, typing_to("carol")).await;
+    assert!(frames(&mut carol_socket).await.is_empty());
+
+    // Five at once: the burst of three goes through.
+    for _ in 0..5 {
+        send_frame(&mut alice_socket, typing_to("bob")).await;
+    }
+    let got = frames(&mut bob_socket).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|f| *f == json!({"type": "typing", "from": "alice"}))
+    );
+    assert!(
+        frames(&mut alice_socket).await.is_empty(),
+        "dropped typing frames are not answered"
+    );
+
+    // What a client cannot send gets an error frame, and the socket stays open.
+    for bad in [
+        Message::text("hello"),
+        Message::text(r#"{"type":"send","content":"x"}"#),
+        Message::text(r#"{"type":"typing"}"#),
+        Message::binary(vec![1, 2, 3]),
+    ] {
+        send_frame(&mut alice_other, bad).await;
+        let answer = frames(&mut alice_other).await;
+        assert_eq!(answer.len(), 1, "{answer:?}");
+        assert_eq!(answer[0]["type"], "error");
+        assert!(answer[0]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    services.send(&bob, "alice", "still open").await;
+    assert_eq!(frames(&mut alice_other).await[0]["content"], "still open");
+
+    let metrics = services.metrics().await;
+    for (name, expected) in [
+        (
+            r#"ws_typing_total{outcome="forwarded",service="websocket"}"#,
+            3.0,
+        ),
+        (
+            r#"ws_typing_total{outcome="rate_limited",service="websocket"}"#,
+            2.0,
+        ),
+        (
+            r#"ws_typing_total{outcome="no_conversation",service="websocket"}"#,
+            1.0,
+        ),
+        ("ws_client_frame_errors_total", 4.0),
+    ] {
+        assert_eq!(
+            chat_common::metrics::sample(&metrics, name),
+            Some(expected),
+            "{name} in\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_plain_get_gets_the_web_client_and_upgrades_still_work_there() {
+    let services = start().await;
+    let page = reqwest::get(format!("http://{}/", services.websocket))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let header = |name: &str| page.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("content-type"), "text/html; charset=utf-8");
+    assert!(header("content-security-policy").contains("script-src 'self'"));
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert!(page.text().await.unwrap().contains(r#"src="app.js""#));
+    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css")] {
+        let file = reqwest::get(format!("http://{}{path}", services.websocket))
+            .await
+            .unwrap();
+        assert_eq!(file.status(), 200, "{path}");
+        assert!(
+            file.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind)
+        );
+    }
+    let bob = services.user("bob").await;
+    let mut socket = services.connect(&bob, None).await;
+    services.send(&bob, "bob", "a note").await;
+    assert_eq!(next_json(&mut socket).await["content"], "a note");
+
+    // Switched off, a plain GET is the API's 400 again.
+    let off = start_configured(true, &[("WEB_CLIENT", "false".into())]).await;
+    let page = reqwest::get(format!("http://{}/", off.websocket))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 400);
+    let page = reqwest::get(format!("http://{}/app.js", off.websocket))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 404);
+}

@@ -5,6 +5,7 @@
 
 mod client;
 mod connections;
+mod conversations;
 mod e2e;
 mod fanout;
 mod history;
@@ -39,6 +40,8 @@ enum Command {
     Connections(connections::Args),
     /// Latest-page and catch-up query latency of a long conversation.
     History(history::Args),
+    /// Conversation-list latency of a user with many conversations and a long history.
+    Conversations(conversations::Args),
     /// Login latency and throughput.
     Login(login::Args),
     /// The backing MongoDB's raw insert rate (the baseline for e2e).
@@ -56,6 +59,7 @@ async fn main() -> ExitCode {
         Command::Fanout(a) => fanout::run(t, a, cli.json).await,
         Command::Connections(a) => connections::run(t, a, cli.json).await,
         Command::History(a) => history::run(t, a, cli.json).await,
+        Command::Conversations(a) => conversations::run(t, a, cli.json).await,
         Command::Login(a) => login::run(t, a, cli.json).await,
         Command::Insert(a) => insert::run(a).await,
     };

@@ -3,7 +3,10 @@
 //! second table keys each message by (user, id) for both its sender and its recipient, so a
 //! user's catch-up is one range read too. The outbox holds the ids of unpublished messages with
 //! their lease (a handful, read whole by a sweep); idempotency keys map to their message.
-//! Every write is one transaction.
+//! Conversation summaries (newest message, read position, unread count) are kept per user and
+//! peer, and a user's list is a range of a table keyed by (user, newest message id), newest
+//! last. Every write is one transaction, summaries included, so the unread counts are exact:
+//! a send adds one to its recipient's, a read counts what is left after it.
 
 use std::{path::Path, sync::Arc};
 
@@ -12,7 +15,10 @@ use bson::oid::ObjectId;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Inserted, Message, MessageStore, Page, StoreError};
+use super::{
+    Backfill, Conversation, Conversations, Inserted, Message, MessageStore, Page, ReadMark,
+    StoreError,
+};
 
 /// (conversation key, 12 ObjectId bytes) -> JSON body
 const MESSAGES: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("messages");
@@ -24,6 +30,134 @@ const BY_USER: TableDefinition<(&str, &[u8]), &str> = TableDefinition::new("by_u
 const OUTBOX: TableDefinition<&[u8], (i64, &str)> = TableDefinition::new("outbox");
 /// (sender, idempotency key) -> 12 ObjectId bytes followed by the recipient.
 const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
+/// (owner, peer) -> [`Summary`] (32 bytes).
+const CONVERSATIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("conversations");
+/// (owner, 12 bytes of the conversation's newest message id) -> peer: the owner's list.
+const RECENT: TableDefinition<(&str, &[u8]), &str> = TableDefinition::new("recent");
+
+/// A user's summary of one conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Summary {
+    last: [u8; 12],
+    /// All zeros: nothing read.
+    read: [u8; 12],
+    unread: u64,
+}
+
+impl Summary {
+    fn encode(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out[..12].copy_from_slice(&self.last);
+        out[12..24].copy_from_slice(&self.read);
+        out[24..].copy_from_slice(&self.unread.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let field = |range: std::ops::Range<usize>| {
+            bytes
+                .get(range)
+                .ok_or_else(|| unavailable("short conversation summary"))
+        };
+        Ok(Self {
+            last: field(0..12)?.try_into().map_err(unavailable)?,
+            read: field(12..24)?.try_into().map_err(unavailable)?,
+            unread: u64::from_le_bytes(field(24..32)?.try_into().map_err(unavailable)?),
+        })
+    }
+}
+
+type SummaryTable<'t> = redb::Table<'t, (&'static str, &'static str), &'static [u8]>;
+type RecentTable<'t> = redb::Table<'t, (&'static str, &'static [u8]), &'static str>;
+
+fn summary(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    owner: &str,
+    peer: &str,
+) -> Result<Option<Summary>, StoreError> {
+    match table.get((owner, peer)).map_err(unavailable)? {
+        Some(v) => Summary::decode(v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Moves `owner`'s conversation with `peer` to its newest message `id`, if newer.
+fn note_newest(
+    recent: &mut RecentTable<'_>,
+    s: &mut Option<Summary>,
+    owner: &str,
+    peer: &str,
+    id: [u8; 12],
+) -> Result<(), StoreError> {
+    let current = s.get_or_insert_with(Summary::default);
+    if current.last != [0; 12] && current.last >= id {
+        return Ok(());
+    }
+    if current.last != [0; 12] {
+        recent
+            .remove((owner, &current.last[..]))
+            .map_err(unavailable)?;
+    }
+    recent.insert((owner, &id[..]), peer).map_err(unavailable)?;
+    current.last = id;
+    Ok(())
+}
+
+/// Records message `id` in `owner`'s summary with `peer`; `incoming`: sent by `peer`.
+fn note_message(
+    conversations: &mut SummaryTable<'_>,
+    recent: &mut RecentTable<'_>,
+    owner: &str,
+    peer: &str,
+    id: [u8; 12],
+    incoming: bool,
+) -> Result<(), StoreError> {
+    let mut s = summary(conversations, owner, peer)?;
+    note_newest(recent, &mut s, owner, peer, id)?;
+    let s = s.unwrap_or_default();
+    let s = Summary {
+        unread: s.unread + u64::from(incoming && id > s.read),
+        ..s
+    };
+    conversations
+        .insert((owner, peer), &s.encode()[..])
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Writes a summary for every conversation in `by_user` (the newest message either way, read),
+/// keeping what is newer in the summaries already there. Returns (messages, summaries).
+fn backfill(txn: &redb::WriteTransaction) -> Result<(u64, u64), StoreError> {
+    let by_user = txn.open_table(BY_USER).map_err(unavailable)?;
+    let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+    let mut recent = txn.open_table(RECENT).map_err(unavailable)?;
+    let mut newest: std::collections::HashMap<(String, String), [u8; 12]> =
+        std::collections::HashMap::new();
+    let mut rows = 0u64;
+    for entry in by_user.iter().map_err(unavailable)? {
+        let (key, peer) = entry.map_err(unavailable)?;
+        let (user, id) = key.value();
+        let id: [u8; 12] = id.try_into().map_err(unavailable)?;
+        rows += 1;
+        let slot = newest
+            .entry((user.to_owned(), peer.value().to_owned()))
+            .or_insert(id);
+        *slot = (*slot).max(id);
+    }
+    for ((owner, peer), id) in &newest {
+        let mut s = summary(&conversations, owner, peer)?;
+        note_newest(&mut recent, &mut s, owner, peer, *id)?;
+        let mut s = s.unwrap_or_default();
+        if s.read < *id {
+            s.read = *id;
+            s.unread = 0;
+        }
+        conversations
+            .insert((owner.as_str(), peer.as_str()), &s.encode()[..])
+            .map_err(unavailable)?;
+    }
+    Ok((rows, u64::try_from(newest.len()).unwrap_or(u64::MAX)))
+}
 
 #[derive(Serialize, Deserialize)]
 struct Body {
@@ -132,6 +266,13 @@ impl EmbeddedMessageStore {
                     by_user.insert((m.recipient.as_str(), id), m.sender.as_str())?;
                 }
             }
+            // A file written before conversation summaries existed: summarise it, once.
+            let summarised = !txn.open_table(CONVERSATIONS)?.is_empty()?;
+            txn.open_table(RECENT)?;
+            if !summarised && !by_user.is_empty()? {
+                drop((messages, by_user));
+                backfill(&txn)?;
+            }
         }
         txn.commit()?;
         Ok(Self {
@@ -181,6 +322,8 @@ impl MessageStore for EmbeddedMessageStore {
                 let mut by_user = txn.open_table(BY_USER).map_err(unavailable)?;
                 let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
                 let mut keys = txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+                let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+                let mut recent = txn.open_table(RECENT).map_err(unavailable)?;
                 remove_cleared(&mut outbox, &take_cleared(&cleared))?;
                 for (m, body) in &rows {
                     let id = m.id.bytes();
@@ -207,6 +350,11 @@ impl MessageStore for EmbeddedMessageStore {
                     outbox
                         .insert(&id[..], (lease_until_ms, key.as_str()))
                         .map_err(unavailable)?;
+                    let (from, to) = (m.sender.as_str(), m.recipient.as_str());
+                    note_message(&mut conversations, &mut recent, from, to, id, false)?;
+                    if from != to {
+                        note_message(&mut conversations, &mut recent, to, from, id, true)?;
+                    }
                     outcomes.push(Inserted::Stored);
                 }
             }
@@ -405,6 +553,117 @@ impl MessageStore for EmbeddedMessageStore {
             }
             txn.commit().map_err(unavailable)?;
             Ok(claimed)
+        })
+        .await
+    }
+
+    async fn conversations(
+        &self,
+        owner: &str,
+        before: Option<ObjectId>,
+        limit: usize,
+    ) -> Result<Conversations, StoreError> {
+        let owner = owner.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let recent = txn.open_table(RECENT).map_err(unavailable)?;
+            let conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+            let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let o = owner.as_str();
+            let hi = before.map_or([0xff; 12], |b| b.bytes());
+            let mut out = Conversations::default();
+            for entry in recent
+                .range((o, &[][..])..(o, &hi[..]))
+                .map_err(unavailable)?
+                .rev()
+            {
+                let (key, peer) = entry.map_err(unavailable)?;
+                let (peer, id) = (peer.value(), key.value().1);
+                if out.page.len() == limit {
+                    out.next = out.page.last().map(|c| c.last.id);
+                    break;
+                }
+                let Some(last) = read_message(&table, o, peer, id)? else {
+                    continue;
+                };
+                let unread = summary(&conversations, o, peer)?.map_or(0, |s| s.unread);
+                let peer_read_up_to = summary(&conversations, peer, o)?
+                    .filter(|s| s.read != [0; 12])
+                    .map(|s| ObjectId::from_bytes(s.read));
+                out.page.push(Conversation {
+                    peer: peer.to_owned(),
+                    last,
+                    unread,
+                    peer_read_up_to,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        owner: &str,
+        peer: &str,
+        up_to: ObjectId,
+    ) -> Result<ReadMark, StoreError> {
+        let (owner, peer) = (owner.to_owned(), peer.to_owned());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let mark = {
+                let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+                let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+                let mut recent = txn.open_table(RECENT).map_err(unavailable)?;
+                let (o, p) = (owner.as_str(), peer.as_str());
+                let id = up_to.bytes();
+                if read_message(&table, o, p, &id)?.is_none() {
+                    ReadMark::NotInConversation
+                } else {
+                    let mut s = summary(&conversations, o, p)?;
+                    note_newest(&mut recent, &mut s, o, p, id)?;
+                    let mut s = s.unwrap_or_default();
+                    if s.read >= id {
+                        ReadMark::Unchanged
+                    } else {
+                        // What is left unread: the peer's messages after this one.
+                        let key = conversation_key(o, p);
+                        let mut unread = 0;
+                        for entry in table
+                            .range::<(&str, &[u8])>((
+                                std::ops::Bound::Excluded((key.as_str(), &id[..])),
+                                std::ops::Bound::Excluded((key.as_str(), &[0xff; 13][..])),
+                            ))
+                            .map_err(unavailable)?
+                        {
+                            let (k, body) = entry.map_err(unavailable)?;
+                            unread += u64::from(decode(k.value().1, body.value())?.sender == p);
+                        }
+                        s.read = id;
+                        s.unread = if o == p { 0 } else { unread };
+                        conversations
+                            .insert((o, p), &s.encode()[..])
+                            .map_err(unavailable)?;
+                        ReadMark::Moved
+                    }
+                }
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(mark)
+        })
+        .await
+    }
+
+    async fn backfill_conversations(&self) -> Result<Backfill, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let (rows, summaries) = backfill(&txn)?;
+            txn.commit().map_err(unavailable)?;
+            Ok(Backfill {
+                // Each message has a row for its sender and one for its recipient.
+                messages: rows.div_ceil(2),
+                summaries,
+            })
         })
         .await
     }

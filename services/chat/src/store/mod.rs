@@ -7,6 +7,11 @@
 //!   confirmed the event ([`MessageStore::mark_published`]); what keeps it past its lease is
 //!   claimed and republished ([`MessageStore::claim_unpublished`], see [`crate::outbox`]).
 //! - the **idempotency key** of the send, if it had one, unique per sender.
+//!
+//! And one thing per user and conversation, the **conversation summary**: the newest message
+//! (what orders a user's list), how far the user has read it, and what that leaves unread. It is
+//! written with the messages, so a user's list is a bounded read whatever their history holds
+//! (see [`MessageStore::conversations`]).
 
 mod embedded;
 #[cfg(feature = "mongo")]
@@ -59,8 +64,43 @@ pub enum Page {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
     Stored,
+    /// Stored, but its conversation summaries could not be written after it: the message
+    /// stays in the outbox (its event unpublished), and the sweep writes them before it
+    /// publishes.
+    StoredUnlisted,
     /// Not stored: its sender already has a message with its idempotency key.
     DuplicateKey,
+}
+
+/// One conversation of a user's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub peer: String,
+    pub last: Message,
+    /// Messages from `peer` newer than what the user has read.
+    pub unread: u64,
+    /// How far `peer` has read the conversation (for read ticks), if at all.
+    pub peer_read_up_to: Option<ObjectId>,
+}
+
+/// A page of a user's conversations, the most recent first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Conversations {
+    pub page: Vec<Conversation>,
+    /// The cursor of the next page (the newest message id of this page's last conversation);
+    /// `None` on the last page.
+    pub next: Option<ObjectId>,
+}
+
+/// What a [`MessageStore::mark_read`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMark {
+    /// The read position moved forward to the message.
+    Moved,
+    /// The user had read that far already (a read position never moves backwards).
+    Unchanged,
+    /// No such message between the two users.
+    NotInConversation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,5 +155,37 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
 
+    /// `owner`'s conversations whose newest message is older than `before` (all when `None`),
+    /// the most recent first, at most `limit`.
+    async fn conversations(
+        &self,
+        owner: &str,
+        before: Option<ObjectId>,
+        limit: usize,
+    ) -> Result<Conversations, StoreError>;
+
+    /// Marks `owner`'s conversation with `peer` read up to the message `up_to` (of either of
+    /// them), never backwards.
+    async fn mark_read(
+        &self,
+        owner: &str,
+        peer: &str,
+        up_to: ObjectId,
+    ) -> Result<ReadMark, StoreError>;
+
+    /// Writes the conversation summaries of every stored message (idempotent, safe while the
+    /// service serves): the one-shot upgrade of a database written without them, by the
+    /// original system or an earlier version. What it finds counts as read.
+    async fn backfill_conversations(&self) -> Result<Backfill, StoreError>;
+
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// What [`MessageStore::backfill_conversations`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Backfill {
+    /// Messages read.
+    pub messages: u64,
+    /// Conversation summaries written (two per pair of users, one for a user's notes to self).
+    pub summaries: u64,
 }

@@ -17,6 +17,23 @@
 //! never the collection. The idempotency key is `idempotencyKey`, unique per sender through a
 //! partial unique index (messages without a key are not in it).
 //!
+//! **Conversations** live in the collection `conversations`, one document per user and peer
+//! (`owner`, `peer`, both unique together): `lastId`, the newest message's `_id`; `lastIn`, the
+//! newest message *from* the peer; `readUpTo`, how far the owner has read; `counted`, the unread
+//! count last computed and the (`readUpTo`, `lastIn`) it was computed for. A send writes, after
+//! its messages, one `$max` upsert per user and peer (both sides; one bulk `update`, one round
+//! trip per batch of sends). Every write is a `$max`, so re-applying one (the outbox does, for a
+//! message whose summaries could not be written) changes nothing, and no counter can drift: an
+//! unread count is counted, never incremented. A page of a user's list is:
+//! 1. `find({owner, lastId: {$lt: before}}).sort({lastId: -1}).limit(n + 1)` on
+//!    `{owner: 1, lastId: -1}`: a bounded scan of n + 1 keys;
+//! 2. together: the last messages, `find({_id: {$in: [...]}})` (n point reads), the peers' read
+//!    positions, `find({owner: {$in: peers}, peer: owner})` (n point reads of the unique
+//!    index), and, only for a conversation whose `counted` is not for its current `readUpTo`
+//!    and `lastIn`, `count({sender: peer, recipient: owner, _id: {$gt: readUpTo, $lte:
+//!    lastIn}})`, a count of the conversation index's keys that are unread; each count is then
+//!    kept in `counted`, so an unchanged conversation is never counted twice.
+//!
 //! The MongoDB-compatible server the tests use (secantusdb) sorts the whole matching index
 //! range before it applies the limit, so there a page costs time in proportion to the
 //! conversation; the README gives both figures. No code here works around that: production
@@ -33,7 +50,10 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Inserted, Message, MessageStore, Page, StoreError};
+use super::{
+    Backfill, Conversation, Conversations, Inserted, Message, MessageStore, Page, ReadMark,
+    StoreError,
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct MessageDoc {
@@ -67,9 +87,50 @@ impl From<MessageDoc> for Message {
     }
 }
 
+/// A user's summary of one conversation (see the module's documentation).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SummaryDoc {
+    owner: String,
+    peer: String,
+    #[serde(rename = "lastId", default, skip_serializing_if = "Option::is_none")]
+    last_id: Option<ObjectId>,
+    #[serde(rename = "lastIn", default, skip_serializing_if = "Option::is_none")]
+    last_in: Option<ObjectId>,
+    #[serde(rename = "readUpTo", default, skip_serializing_if = "Option::is_none")]
+    read_up_to: Option<ObjectId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    counted: Option<Counted>,
+}
+
+/// An unread count and the read position and newest incoming message it was counted for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Counted {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    read: Option<ObjectId>,
+    last: ObjectId,
+    n: i64,
+}
+
+impl SummaryDoc {
+    /// The unread count if no count is needed: none unread, or counted for this state.
+    fn known_unread(&self) -> Option<u64> {
+        let Some(last_in) = self.last_in else {
+            return Some(0);
+        };
+        if self.read_up_to.is_some_and(|r| r >= last_in) {
+            return Some(0);
+        }
+        self.counted
+            .as_ref()
+            .filter(|c| c.read == self.read_up_to && c.last == last_in)
+            .map(|c| u64::try_from(c.n).unwrap_or(0))
+    }
+}
+
 pub struct MongoMessageStore {
     db: Database,
     messages: Collection<MessageDoc>,
+    conversations: Collection<SummaryDoc>,
     op_timeout: Duration,
 }
 
@@ -99,6 +160,7 @@ impl MongoMessageStore {
     pub fn with_database(db: Database, op_timeout: Duration) -> Self {
         Self {
             messages: db.collection("messages"),
+            conversations: db.collection("conversations"),
             db,
             op_timeout,
         }
@@ -145,12 +207,150 @@ impl MongoMessageStore {
             index(doc! { "outbox": 1 }, "outbox", exists("outbox"), false),
         ];
         self.timed(self.messages.create_indexes(indexes)).await?;
+        let summaries = [
+            index(doc! { "owner": 1, "peer": 1 }, "owner_peer", None, true),
+            index(doc! { "owner": 1, "lastId": -1 }, "recent", None, false),
+        ];
+        self.timed(self.conversations.create_indexes(summaries))
+            .await?;
         Ok(())
+    }
+
+    /// Runs `updates` (statements of one `update` command) on `conversations`, unordered. An
+    /// upsert that lost a race to create the same summary fails on the unique index: it is run
+    /// again, and then updates the summary the other created.
+    async fn update_summaries(&self, mut updates: Vec<Document>) -> Result<(), StoreError> {
+        for attempt in 0..2 {
+            if updates.is_empty() {
+                return Ok(());
+            }
+            let command = doc! {
+                "update": self.conversations.name(),
+                "updates": updates.clone(),
+                "ordered": false,
+            };
+            let reply = self.timed(self.db.run_command(command)).await?;
+            let errors = match reply.get_array("writeErrors") {
+                Ok(errors) if !errors.is_empty() => errors,
+                _ => return Ok(()),
+            };
+            let mut again = Vec::new();
+            for error in errors {
+                let error = error.as_document();
+                let code = error.and_then(|e| e.get_i32("code").ok());
+                let index = error
+                    .and_then(|e| e.get_i32("index").ok())
+                    .and_then(|i| usize::try_from(i).ok());
+                match (code, index) {
+                    (Some(11000), Some(i)) if attempt == 0 => {
+                        again.extend(updates.get(i).cloned());
+                    }
+                    _ => {
+                        return Err(StoreError::Unavailable(format!(
+                            "conversation summaries not written: {error:?}"
+                        )));
+                    }
+                }
+            }
+            updates = again;
+        }
+        Ok(())
+    }
+
+    /// Writes the summaries of `messages`' conversations: for each user and peer, the newest
+    /// message and the newest from the peer (`$max`: idempotent, order-free).
+    async fn record_conversations(&self, messages: &[&Message]) -> Result<(), StoreError> {
+        use std::collections::HashMap;
+        let mut newest: HashMap<(&str, &str), (ObjectId, Option<ObjectId>)> = HashMap::new();
+        let mut note = |owner, peer, id: ObjectId, incoming: bool| {
+            let entry = newest.entry((owner, peer)).or_insert((id, None));
+            entry.0 = entry.0.max(id);
+            if incoming {
+                entry.1 = entry.1.max(Some(id));
+            }
+        };
+        for m in messages {
+            note(&m.sender, &m.recipient, m.id, false);
+            if m.sender != m.recipient {
+                note(&m.recipient, &m.sender, m.id, true);
+            }
+        }
+        let updates = newest
+            .into_iter()
+            .map(|((owner, peer), (last, last_in))| {
+                let mut max = doc! { "lastId": last };
+                if let Some(last_in) = last_in {
+                    max.insert("lastIn", last_in);
+                }
+                doc! { "q": { "owner": owner, "peer": peer }, "u": { "$max": max }, "upsert": true }
+            })
+            .collect();
+        self.update_summaries(updates).await
+    }
+
+    /// Counts what `s.owner` has not read from `s.peer`, and keeps the count in the summary.
+    async fn count_unread(&self, s: &SummaryDoc) -> Result<u64, StoreError> {
+        let Some(last_in) = s.last_in else {
+            return Ok(0);
+        };
+        let mut range = doc! { "$lte": last_in };
+        if let Some(read) = s.read_up_to {
+            range.insert("$gt", read);
+        }
+        let n = self
+            .timed(
+                self.messages.count_documents(
+                    doc! { "sender": &s.peer, "recipient": &s.owner, "_id": range },
+                ),
+            )
+            .await?;
+        let counted = Counted {
+            read: s.read_up_to,
+            last: last_in,
+            n: i64::try_from(n).unwrap_or(i64::MAX),
+        };
+        // Kept only as a hint: a count for another state is never used (`known_unread`).
+        if let Ok(counted) = bson::to_document(&counted) {
+            let kept = self
+                .timed(self.conversations.update_one(
+                    doc! { "owner": &s.owner, "peer": &s.peer },
+                    doc! { "$set": { "counted": counted } },
+                ))
+                .await;
+            if let Err(e) = kept {
+                tracing::debug!(error = %e, "unread count not kept");
+            }
+        }
+        Ok(n)
+    }
+
+    async fn collect<T: serde::de::DeserializeOwned + Send + Sync>(
+        &self,
+        cursor: impl IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<T>>>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.timed(async move {
+            let mut cursor = cursor.await?;
+            let mut out = Vec::new();
+            while cursor.advance().await? {
+                out.push(cursor.deserialize_current()?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Retries [`Self::ensure_indexes`] with backoff until it succeeds.
     pub async fn ensure_indexes_with_retry(&self) {
         mongo::retry_until_ok("creating the messages indexes", || self.ensure_indexes()).await;
+    }
+
+    /// A call without the per-operation timeout (a one-shot pass over a collection).
+    async fn timed_long<T>(
+        &self,
+        call: impl IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, StoreError> {
+        call.await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     async fn timed<T>(
@@ -216,25 +416,13 @@ impl MongoMessageStore {
         }
         Ok(found)
     }
-}
 
-#[async_trait]
-impl MessageStore for MongoMessageStore {
-    async fn insert_many(
+    /// Inserts `docs` (the documents of `messages`): one outcome per message.
+    async fn insert_messages(
         &self,
         messages: &[Message],
-        lease_until_ms: i64,
+        docs: impl Iterator<Item = MessageDoc> + Send,
     ) -> Result<Vec<Inserted>, StoreError> {
-        let lease = DateTime::from_millis(lease_until_ms);
-        let docs = messages.iter().map(|m| MessageDoc {
-            id: m.id,
-            sender: m.sender.clone(),
-            recipient: m.recipient.clone(),
-            content: m.content.clone(),
-            timestamp: DateTime::from_millis(m.timestamp_ms),
-            outbox: Some(lease),
-            idempotency_key: m.idempotency_key.clone(),
-        });
         let mut outcomes = vec![Inserted::Stored; messages.len()];
         if messages.len() == 1 {
             let doc = docs.into_iter().next().expect("one message");
@@ -265,6 +453,43 @@ impl MessageStore for MongoMessageStore {
                 None => Err(StoreError::Unavailable(e.to_string())),
             },
         }
+    }
+}
+
+#[async_trait]
+impl MessageStore for MongoMessageStore {
+    async fn insert_many(
+        &self,
+        messages: &[Message],
+        lease_until_ms: i64,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let lease = DateTime::from_millis(lease_until_ms);
+        let docs = messages.iter().map(|m| MessageDoc {
+            id: m.id,
+            sender: m.sender.clone(),
+            recipient: m.recipient.clone(),
+            content: m.content.clone(),
+            timestamp: DateTime::from_millis(m.timestamp_ms),
+            outbox: Some(lease),
+            idempotency_key: m.idempotency_key.clone(),
+        });
+        let mut outcomes = self.insert_messages(messages, docs).await?;
+        let stored: Vec<&Message> = messages
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(m, o)| (*o == Inserted::Stored).then_some(m))
+            .collect();
+        if let Err(e) = self.record_conversations(&stored).await {
+            // The messages are stored: their events wait in the outbox, whose sweep writes the
+            // summaries before it publishes.
+            tracing::warn!(error = %e, "conversation summaries left to the outbox");
+            for outcome in &mut outcomes {
+                if *outcome == Inserted::Stored {
+                    *outcome = Inserted::StoredUnlisted;
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     async fn by_idempotency_key(
@@ -369,7 +594,182 @@ impl MessageStore for MongoMessageStore {
         for taken in futures_util::future::join_all(takes).await {
             claimed.extend(taken?);
         }
+        // A message may be here because its send could not write its summaries: write them
+        // before its event goes out (a `$max`: harmless if they were written).
+        self.record_conversations(&claimed.iter().collect::<Vec<_>>())
+            .await?;
         Ok(claimed)
+    }
+
+    async fn conversations(
+        &self,
+        owner: &str,
+        before: Option<ObjectId>,
+        limit: usize,
+    ) -> Result<Conversations, StoreError> {
+        let mut filter = doc! { "owner": owner };
+        if let Some(before) = before {
+            filter.insert("lastId", doc! { "$lt": before });
+        }
+        let wanted = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut summaries = self
+            .collect(
+                self.conversations
+                    .find(filter)
+                    .sort(doc! { "lastId": -1 })
+                    .limit(wanted)
+                    .batch_size(u32::try_from(wanted).unwrap_or(u32::MAX)),
+            )
+            .await?;
+        summaries.retain(|s| s.last_id.is_some());
+        let more = summaries.len() > limit;
+        summaries.truncate(limit);
+        if summaries.is_empty() {
+            return Ok(Conversations::default());
+        }
+        let last_ids: Vec<ObjectId> = summaries.iter().filter_map(|s| s.last_id).collect();
+        let peers: Vec<&str> = summaries.iter().map(|s| s.peer.as_str()).collect();
+        let unread = futures_util::future::try_join_all(summaries.iter().map(|s| async move {
+            match s.known_unread() {
+                Some(n) => Ok(n),
+                None => self.count_unread(s).await,
+            }
+        }));
+        let (lasts, theirs, unread) = tokio::try_join!(
+            self.collect(self.messages.find(doc! { "_id": { "$in": &last_ids } })),
+            self.collect(
+                self.conversations
+                    .find(doc! { "owner": { "$in": &peers }, "peer": owner })
+                    .projection(doc! { "owner": 1, "peer": 1, "readUpTo": 1 }),
+            ),
+            unread,
+        )?;
+        let mut lasts: std::collections::HashMap<ObjectId, Message> = lasts
+            .into_iter()
+            .map(|d| (d.id, Message::from(d)))
+            .collect();
+        let theirs: std::collections::HashMap<String, Option<ObjectId>> = theirs
+            .into_iter()
+            .map(|s| (s.owner, s.read_up_to))
+            .collect();
+        let next = more
+            .then(|| summaries.last().and_then(|s| s.last_id))
+            .flatten();
+        let page = summaries
+            .into_iter()
+            .zip(unread)
+            .filter_map(|(s, unread)| {
+                let last = lasts.remove(&s.last_id?)?;
+                Some(Conversation {
+                    peer_read_up_to: theirs.get(&s.peer).copied().flatten(),
+                    peer: s.peer,
+                    last,
+                    unread,
+                })
+            })
+            .collect();
+        Ok(Conversations { page, next })
+    }
+
+    async fn mark_read(
+        &self,
+        owner: &str,
+        peer: &str,
+        up_to: ObjectId,
+    ) -> Result<ReadMark, StoreError> {
+        let found = self
+            .timed(self.messages.find_one(doc! { "_id": up_to }))
+            .await?;
+        let ours = found.is_some_and(|m| {
+            (m.sender == owner && m.recipient == peer) || (m.sender == peer && m.recipient == owner)
+        });
+        if !ours {
+            return Ok(ReadMark::NotInConversation);
+        }
+        let update = doc! { "$max": { "readUpTo": up_to, "lastId": up_to } };
+        let filter = doc! { "owner": owner, "peer": peer };
+        let before = loop {
+            let call = self
+                .conversations
+                .find_one_and_update(filter.clone(), update.clone())
+                .upsert(true)
+                .return_document(mongodb::options::ReturnDocument::Before);
+            match mongo::timed(self.op_timeout, call).await {
+                Ok(before) => break before,
+                // Another request created the summary first: update theirs.
+                Err(mongo::CallError::DuplicateKey) => {}
+                Err(mongo::CallError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+            }
+        };
+        let moved = before
+            .and_then(|s| s.read_up_to)
+            .is_none_or(|read| read < up_to);
+        Ok(if moved {
+            ReadMark::Moved
+        } else {
+            ReadMark::Unchanged
+        })
+    }
+
+    async fn backfill_conversations(&self) -> Result<Backfill, StoreError> {
+        use std::collections::HashMap;
+        #[derive(Deserialize)]
+        struct Ends {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+            sender: String,
+            recipient: String,
+        }
+        // One pass over the collection (a one-shot upgrade): the newest message of each
+        // direction, then one upsert per user and peer.
+        let ends: Collection<Ends> = self.db.collection(self.messages.name());
+        let mut report = Backfill::default();
+        let mut newest: HashMap<(String, String), ObjectId> = HashMap::new();
+        let messages = &mut report.messages;
+        let newest_ref = &mut newest;
+        self.timed_long(async move {
+            let mut cursor = ends
+                .find(doc! {})
+                .projection(doc! { "sender": 1, "recipient": 1 })
+                .batch_size(10_000)
+                .await?;
+            while cursor.advance().await? {
+                let e = cursor.deserialize_current()?;
+                *messages += 1;
+                let slot = newest_ref.entry((e.sender, e.recipient)).or_insert(e.id);
+                *slot = (*slot).max(e.id);
+            }
+            Ok(())
+        })
+        .await?;
+        // Per user and peer: the newest message either way, and the newest from the peer.
+        let mut summaries: HashMap<(&str, &str), (ObjectId, Option<ObjectId>)> = HashMap::new();
+        for ((sender, recipient), id) in &newest {
+            let mine = summaries.entry((sender, recipient)).or_insert((*id, None));
+            mine.0 = mine.0.max(*id);
+            if sender != recipient {
+                let theirs = summaries.entry((recipient, sender)).or_insert((*id, None));
+                theirs.0 = theirs.0.max(*id);
+                theirs.1 = theirs.1.max(Some(*id));
+            }
+        }
+        let updates: Vec<Document> = summaries
+            .iter()
+            .map(|((owner, peer), (last, last_in))| {
+                let mut max = doc! { "lastId": last };
+                if let Some(last_in) = last_in {
+                    // What the original system delivered counts as read.
+                    max.insert("lastIn", last_in);
+                    max.insert("readUpTo", last_in);
+                }
+                doc! { "q": { "owner": owner, "peer": peer }, "u": { "$max": max }, "upsert": true }
+            })
+            .collect();
+        report.summaries = u64::try_from(updates.len()).unwrap_or(u64::MAX);
+        for chunk in updates.chunks(1000) {
+            self.update_summaries(chunk.to_vec()).await?;
+        }
+        Ok(report)
     }
 
     async fn conversation(&self, a: &str, b: &str, page: Page) -> Result<Vec<Message>, StoreError> {

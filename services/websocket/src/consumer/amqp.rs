@@ -16,7 +16,7 @@ use lapin::{
     types::FieldTable,
 };
 
-use crate::hub::Hub;
+use crate::{hub::Hub, signals::SignalBus};
 
 async fn subscribe(
     url: &str,
@@ -83,6 +83,7 @@ pub(super) async fn consume(
     exchange: &str,
     prefetch: u16,
     hub: &Hub,
+    signals: &SignalBus,
     ready: &AtomicBool,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -92,6 +93,12 @@ pub(super) async fn consume(
             Ok((connection, mut consumer, queue)) => {
                 tracing::info!(%queue, %exchange, "consuming events");
                 backoff.reset();
+                // Typing events go out on a channel of their own on this connection: a publish
+                // never waits behind the consumer's deliveries, and dies with the connection.
+                match connection.create_channel().await {
+                    Ok(channel) => signals.set_channel(Some(channel)),
+                    Err(e) => tracing::warn!(error = %e, "no channel for typing events"),
+                }
                 ready.store(true, Ordering::Release);
                 // Bound now; what was published before (while no queue of ours existed) is read
                 // from the store by each open socket.
@@ -131,6 +138,7 @@ pub(super) async fn consume(
                     }
                 }
                 ready.store(false, Ordering::Release);
+                signals.set_channel(None);
                 let _ = tokio::time::timeout(
                     Duration::from_secs(1),
                     connection.close(200, "bye".into()),

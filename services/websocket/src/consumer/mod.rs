@@ -1,4 +1,4 @@
-//! Consuming `new_message` events.
+//! Consuming events (`new_message`, `read`, `typing`), and the channel typing events go out on.
 //!
 //! From RabbitMQ: each replica declares its own server-named, exclusive, auto-delete queue bound
 //! to the fanout exchange, consumes it with manual acks and a prefetch window, and acks each event
@@ -18,7 +18,7 @@ use std::sync::{
 
 use chat_common::bus::LocalBus;
 
-use crate::hub::Hub;
+use crate::{hub::Hub, signals::SignalBus};
 
 #[cfg(feature = "amqp")]
 mod amqp;
@@ -38,12 +38,14 @@ pub enum EventSource {
 /// Consumes `source` into `hub` until `stop` is set; `ready` tells whether events flow.
 pub async fn run(
     source: EventSource,
+    signals: SignalBus,
     hub: Arc<Hub>,
     ready: Arc<AtomicBool>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     match source {
         EventSource::Local(bus) => {
+            drop(signals); // It publishes to `bus` itself.
             let mut rx = bus.subscribe();
             drop(bus);
             let mut stop = stop;
@@ -66,7 +68,7 @@ pub async fn run(
             exchange,
             prefetch,
         } => {
-            amqp::consume(&url, &exchange, prefetch, &hub, &ready, stop).await;
+            amqp::consume(&url, &exchange, prefetch, &hub, &signals, &ready, stop).await;
         }
     }
 }
