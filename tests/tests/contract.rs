@@ -44,7 +44,10 @@ fn the_committed_openapi_documents_are_the_codes() {
 /// Runs Schemathesis against the service at `addr`; panics with its report on any failure.
 async fn schemathesis(st: &str, name: &str, addr: std::net::SocketAddr, token: &str) {
     let report = std::env::temp_dir().join(chat_common::testing::unique_name("schemathesis"));
+    std::fs::create_dir_all(&report).expect("a report folder");
     let output = tokio::process::Command::new(st)
+        // Schemathesis keeps a cache (`.schemathesis/`) in its working folder: not the checkout.
+        .current_dir(&report)
         .arg("run")
         .arg(format!("http://{addr}/openapi.json"))
         .args([
