@@ -7,27 +7,33 @@
 // Configuration: where the three services are.
 // ---------------------------------------------------------------------------------------------
 
-// Defaults follow the page's own host (the services listen on 5001-5003 of the same machine);
-// `?auth=&chat=&ws=` override them and are remembered, so a reload without the query keeps
-// talking to the same servers. An empty value (`?ws=`) forgets the override.
+// Defaults: served by websocket-service on its port 5003 (`chat-stack`, compose, a service run
+// by hand), the page finds auth and chat on 5001 and 5002 of the same host; served on any other
+// port (behind an ingress that routes /auth, /chat and / to the services, as the operator's
+// does), everything is at its own origin. `?auth=&chat=&ws=` override them for this page only:
+// they stay in the address bar (a reload keeps them), are never stored, and the sign-in forms
+// name the servers they point to. A session (its token) belongs to its three servers: a link
+// naming other servers starts signed out, so it can never send a token to a server the user
+// did not sign in to.
 function resolveConfig() {
   const params = new URLSearchParams(location.search);
   const host = location.hostname.includes(':') && !location.hostname.startsWith('[')
     ? `[${location.hostname}]` : location.hostname;
-  const defaults = {
+  const wsScheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const defaults = location.port === '5003' ? {
     auth: `${location.protocol}//${host}:5001`,
     chat: `${location.protocol}//${host}:5002`,
-    ws: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${host}:5003`,
+    ws: `${wsScheme}://${host}:5003`,
+  } : {
+    auth: location.origin,
+    chat: location.origin,
+    ws: `${wsScheme}://${location.host}`,
   };
-  const config = {};
+  const config = { overridden: false };
   for (const key of Object.keys(defaults)) {
-    const storageKey = `chat.server.${key}`;
-    if (params.has(key)) {
-      const value = params.get(key).trim();
-      if (value) localStorage.setItem(storageKey, value);
-      else localStorage.removeItem(storageKey);
-    }
-    config[key] = (localStorage.getItem(storageKey) || defaults[key]).replace(/\/+$/, '');
+    const value = params.get(key)?.trim();
+    config[key] = (value || defaults[key]).replace(/\/+$/, '');
+    if (config[key] !== defaults[key]) config.overridden = true;
   }
   return config;
 }
@@ -36,7 +42,8 @@ const config = resolveConfig();
 const PAGE_SIZE = 50;          // messages per history page
 const TYPING_SHOW_MS = 4000;   // how long "is typing…" stays after the last typing frame
 const TYPING_SEND_MS = 2000;   // at most one typing frame per this interval
-const TOKEN_KEY = 'chat.session';
+// The session of these three servers (see resolveConfig).
+const TOKEN_KEY = `chat.session ${config.auth} ${config.chat} ${config.ws}`;
 
 // ---------------------------------------------------------------------------------------------
 // State. One object, so what the page knows is in one place.
@@ -613,10 +620,12 @@ function connectSocket() {
   if (!state.token || state.ws) return;
   clearTimeout(state.wsTimer);
   setStatus(state.wsAttempt ? 'reconnecting' : 'connecting');
-  // last_id asks the server to replay what this page missed while it was not connected.
-  let url = `${config.ws}/?token=${encodeURIComponent(state.token)}&events=read,typing`;
+  // last_id asks the server to replay what this page missed while it was not connected. The
+  // token goes as a sub-protocol next to `bearer` (the server answers `bearer`), not in the URL,
+  // which proxies and browser tools log.
+  let url = `${config.ws}/?events=read,typing`;
   if (state.newestId) url += `&last_id=${encodeURIComponent(state.newestId)}`;
-  const ws = new WebSocket(url);
+  const ws = new WebSocket(url, ['bearer', state.token]);
   state.ws = ws;
   let openedAt = 0;
   ws.addEventListener('open', () => {
@@ -695,6 +704,14 @@ function restoreSession() {
   } catch { /* unreadable: start signed out */ }
   localStorage.removeItem(TOKEN_KEY);
   showView(false);
+}
+
+// Servers other than the page's own are named where credentials are typed.
+if (config.overridden) {
+  const note = document.getElementById('servers-note');
+  note.textContent = `This page talks to other servers: auth ${config.auth}, chat ${config.chat}, ` +
+    `WebSocket ${config.ws}. Sign in only if you trust them.`;
+  note.hidden = false;
 }
 
 restoreSession();

@@ -133,9 +133,23 @@ async function main() {
     });
   });
 
+  // Each page's WebSockets pass through Playwright, so that a step can drop them and refuse
+  // reconnections for a while, as a network that goes away would.
+  const network = {};
   const open = async (who) => {
     const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
     context.setDefaultTimeout(WAIT_MS);
+    const net = { down: false, sockets: [], refused: 0 };
+    network[who] = net;
+    await context.routeWebSocket(() => true, (ws) => {
+      if (net.down) {
+        net.refused++;
+        ws.close({ code: 1013, reason: 'test: network down' });
+        return;
+      }
+      const server = ws.connectToServer();
+      net.sockets.push({ ws, server });
+    });
     const page = await context.newPage();
     pages[who] = page;
     page.on('console', (m) => {
@@ -153,6 +167,11 @@ async function main() {
     [a, b] = await Promise.all([open('alice'), open('bob')]);
     await byTestId(a, 'register-username').waitFor();
     await byTestId(b, 'register-username').waitFor();
+    // Servers other than the page's own are named before anyone types a password.
+    if (process.env.CHAT_URL) {
+      const note = await byTestId(a, 'servers-note').textContent();
+      if (!note.includes(process.env.CHAT_URL)) throw new Error(`the sign-in page does not name the chat server: "${note}"`);
+    }
   });
 
   const register = async (page, name) => {
@@ -233,7 +252,31 @@ async function main() {
     await waitForReadTick(a, 'alice', more[2][2]); // bob had it open: he read them all
   });
 
-  const expected = [first, reply, ...more.map(([, , text]) => text)];
+  const missed = 'Written while your connection was down.';
+  await step("alice's socket drops; bob writes meanwhile; alice reconnects with last_id and gets it", async () => {
+    const net = network.alice;
+    net.down = true;
+    for (const { ws, server } of net.sockets.splice(0)) {
+      await server.close({ code: 1001, reason: 'test: network down' }).catch(() => {});
+      await ws.close({ code: 1012, reason: 'test: network down' }).catch(() => {});
+    }
+    await until(a, "alice's page shows it is reconnecting", () =>
+      document.querySelector('[data-testid="connection-status"]')?.dataset.state === 'reconnecting');
+    await send(b, missed);
+    await waitForMessage(b, 'bob', missed, true);
+    // Down until the page has tried (and failed) to reconnect at least once.
+    for (const t0 = Date.now(); net.refused === 0; await new Promise((r) => setTimeout(r, 50))) {
+      if (Date.now() - t0 > WAIT_MS) throw new Error('the page never tried to reconnect while the network was down');
+    }
+    const early = (await messages(a)).some((m) => m.text === missed);
+    if (early) throw new Error('alice got the message while her socket was down');
+    net.down = false;
+    await until(a, "alice's socket is connected again", () =>
+      document.querySelector('[data-testid="connection-status"]')?.dataset.state === 'connected');
+    await waitForMessage(a, 'alice', missed, false);
+  });
+
+  const expected = [first, reply, ...more.map(([, , text]) => text), missed];
   await step('alice reloads: the history and ✓✓ come back', async () => {
     await a.reload({ timeout: WAIT_MS });
     await until(a, 'alice is still signed in after the reload', (n) =>

@@ -887,14 +887,31 @@ async fn a_conversations_page_is_three_queries_once_counted() {
     let (after, queries) = page(None).await;
     assert_eq!((&after.page[0].peer, after.page[0].unread), (other, 4));
     assert_eq!(queries, 3 + 2);
+    // A message whose id is older than the newest (ids are assigned when a send arrives, and
+    // batches commit concurrently) still counts.
+    let late = chat_service::store::Message {
+        id: mongodb::bson::oid::ObjectId::from_bytes([0; 12]),
+        content: "late".to_owned(),
+        ..after.page[0].last.clone()
+    };
+    let late = chat_service::store::Message {
+        sender: other.clone(),
+        recipient: "alice".to_owned(),
+        ..late
+    };
+    store.insert_many(&[late], 0).await.unwrap();
+    let (after, queries) = page(None).await;
+    assert_eq!((&after.page[0].peer, after.page[0].unread), (other, 5));
+    assert_eq!(queries, 3 + 2);
 }
 
 /// A database the original system wrote (no summaries) gets its conversations from the
-/// backfill, as read; a second run changes nothing.
+/// backfill: what was stored before this version first served it counts as read, a message sent
+/// since does not; a second run changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backfill_lists_conversations_the_original_system_stored() {
     use chat_common::testing;
-    use chat_service::store::MessageStore;
+    use chat_service::store::{Inserted, Message, MessageStore};
     use mongodb::bson::{DateTime, doc, oid::ObjectId};
 
     let client = mongodb::Client::with_uri_str(testing::mongodb_url())
@@ -905,7 +922,6 @@ async fn the_backfill_lists_conversations_the_original_system_stored() {
         db.clone(),
         std::time::Duration::from_secs(5),
     );
-    store.ensure_indexes().await.unwrap();
     let plant = [
         ("alice", "bob"),
         ("bob", "alice"),
@@ -923,16 +939,44 @@ async fn the_backfill_lists_conversations_the_original_system_stored() {
             .await
             .unwrap();
     }
-    assert!(
+    let new = |content: &str| Message {
+        id: ObjectId::new(),
+        sender: "carol".to_owned(),
+        recipient: "alice".to_owned(),
+        content: content.to_owned(),
+        timestamp_ms: 0,
+        idempotency_key: None,
+    };
+    // A send before the indexes are made creates the summaries' unique index itself.
+    let early = new("before the indexes");
+    assert_eq!(
+        store
+            .insert_many(std::slice::from_ref(&early), 0)
+            .await
+            .unwrap(),
+        [Inserted::Stored]
+    );
+    // This version starts serving: a message from now on is unread.
+    store.ensure_indexes().await.unwrap();
+    let late = new("since this version");
+    assert_eq!(
+        store
+            .insert_many(std::slice::from_ref(&late), 0)
+            .await
+            .unwrap(),
+        [Inserted::Stored]
+    );
+    assert_eq!(
         store
             .conversations("alice", None, 20)
             .await
             .unwrap()
             .page
-            .is_empty()
+            .len(),
+        1
     );
     let report = store.backfill_conversations().await.unwrap();
-    assert_eq!((report.messages, report.summaries), (5, 5));
+    assert_eq!((report.messages, report.summaries), (7, 5));
     let list = |user: &'static str| {
         let store = &store;
         async move {
@@ -946,9 +990,10 @@ async fn the_backfill_lists_conversations_the_original_system_stored() {
                 .collect::<Vec<_>>()
         }
     };
+    // `early` was stored by this code before it first served: as the original's, it is read.
     let alices = vec![
+        ("carol".to_owned(), late.id, 1),
         ("alice".to_owned(), ids[4], 0),
-        ("carol".to_owned(), ids[3], 0),
         ("bob".to_owned(), ids[2], 0),
     ];
     assert_eq!(list("alice").await, alices);

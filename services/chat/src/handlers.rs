@@ -404,7 +404,9 @@ pub async fn read(
             };
             // A receipt is a notice, not data: the position is stored (and listed by
             // `/chat/conversations`), so a receipt the broker missed costs a tick, never state.
-            state.outbox.notify(signal_bytes(READ, &receipt)).await;
+            // Published off the request: a broker slow to confirm never delays the answer.
+            let outbox = state.outbox.clone();
+            tokio::spawn(async move { outbox.notify(signal_bytes(READ, &receipt)).await });
             Ok(StatusCode::NO_CONTENT)
         }
     }

@@ -129,6 +129,36 @@ pub async fn send(
     Ok(r.status().as_u16())
 }
 
+/// Sends `count` messages, `message(i)` giving message `i`'s sender, recipient and content,
+/// `parallel` in flight, with a progress bar labelled `label`; fails unless every one is stored.
+pub async fn send_all<'a>(
+    http: &reqwest::Client,
+    target: &Target,
+    count: usize,
+    parallel: usize,
+    (label, hidden): (&str, bool),
+    message: impl Fn(usize) -> (&'a User, &'a str, String),
+) -> anyhow::Result<()> {
+    let bar = progress(count as u64, label, hidden);
+    let statuses: Vec<anyhow::Result<u16>> = stream::iter(0..count)
+        .map(|i| {
+            let bar = &bar;
+            let (from, to, content) = message(i);
+            async move {
+                let s = send(http, target, from, to, &content).await;
+                bar.inc(1);
+                s
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let failed = statuses.iter().filter(|s| !matches!(s, Ok(201))).count();
+    anyhow::ensure!(failed == 0, "{failed} of {count} sends failed");
+    Ok(())
+}
+
 /// Opens a socket for `user` (small buffers: the tool may hold thousands).
 pub async fn connect(target: &Target, token: &str) -> anyhow::Result<Socket> {
     let url = format!("{}/?token={token}", target.ws.trim_end_matches('/'));

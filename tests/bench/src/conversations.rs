@@ -6,11 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, stream};
 use serde_json::Value;
 
 use crate::{
-    client::{self, Target, User},
+    client::{self, Target},
     report::{Latency, Report},
 };
 
@@ -33,51 +32,12 @@ pub struct Args {
     pub parallel: usize,
 }
 
-async fn page(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-) -> anyhow::Result<(Duration, Value)> {
+async fn page(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<(Duration, Value)> {
     let started = Instant::now();
     let r = http.get(url).bearer_auth(token).send().await?;
     anyhow::ensure!(r.status() == 200, "conversations answered {}", r.status());
     let body: Value = r.json().await?;
     Ok((started.elapsed(), body))
-}
-
-/// Sends every message: message `i` goes between the owner and peer `i % peers`, from the
-/// peer on even rounds and from the owner on odd ones.
-async fn seed(
-    http: &reqwest::Client,
-    target: &Target,
-    owner: &User,
-    peers: &[User],
-    args: &Args,
-    as_json: bool,
-) -> anyhow::Result<()> {
-    let bar = client::progress(args.messages as u64, "seeding", as_json);
-    let statuses: Vec<anyhow::Result<u16>> = stream::iter(0..args.messages)
-        .map(|i| {
-            let bar = &bar;
-            let peer = &peers[i % peers.len()];
-            let (from, to) = if (i / peers.len()) % 2 == 0 {
-                (peer, &owner.name)
-            } else {
-                (owner, &peer.name)
-            };
-            async move {
-                let s = client::send(http, target, from, to, &format!("m{i}")).await;
-                bar.inc(1);
-                s
-            }
-        })
-        .buffer_unordered(args.parallel.max(1))
-        .collect()
-        .await;
-    bar.finish_and_clear();
-    let failed = statuses.iter().filter(|s| !matches!(s, Ok(201))).count();
-    anyhow::ensure!(failed == 0, "{failed} seeding sends failed");
-    Ok(())
 }
 
 pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<Report> {
@@ -88,10 +48,27 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
     let http = client::http_client();
     let prefix = client::run_prefix();
     let seeding = Instant::now();
-    let mut users =
-        client::make_users(&http, target, &prefix, args.conversations + 1, 16).await?;
+    let mut users = client::make_users(&http, target, &prefix, args.conversations + 1, 16).await?;
     let owner = users.remove(0);
-    seed(&http, target, &owner, &users, args, as_json).await?;
+    // Message `i` goes between the owner and peer `i % peers`: from the peer on even rounds,
+    // from the owner on odd ones.
+    let peers = users.len();
+    client::send_all(
+        &http,
+        target,
+        args.messages,
+        args.parallel,
+        ("seeding", as_json),
+        |i| {
+            let peer = &users[i % peers];
+            if (i / peers) % 2 == 0 {
+                (peer, owner.name.as_str(), format!("m{i}"))
+            } else {
+                (&owner, peer.name.as_str(), format!("m{i}"))
+            }
+        },
+    )
+    .await?;
     let seeded_in = seeding.elapsed();
 
     let base = format!("{}/chat/conversations?limit={}", target.chat, args.limit);
@@ -102,7 +79,10 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
     let mut cursor = first["next"].as_str().unwrap_or_default().to_owned();
     for _ in 1..(args.conversations / args.limit / 2) {
         let (_, next) = page(&http, &format!("{base}&before={cursor}"), &owner.token).await?;
-        cursor = next["next"].as_str().unwrap_or_default().to_owned();
+        next["next"]
+            .as_str()
+            .unwrap_or_default()
+            .clone_into(&mut cursor);
     }
     let deep_url = format!("{base}&before={cursor}");
 

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use futures_util::{StreamExt, stream};
 use serde_json::Value;
 
 use crate::{
@@ -48,27 +47,21 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
     let prefix = client::run_prefix();
     let users = client::make_users(&http, target, &prefix, 2, 2).await?;
     let (a, b) = (&users[0], &users[1]);
-    let bar = client::progress(args.messages as u64, "seeding", as_json);
-    let statuses: Vec<anyhow::Result<u16>> = stream::iter(0..args.messages)
-        .map(|i| {
-            let (http, bar) = (&http, &bar);
-            let (from, to) = if i % 2 == 0 {
-                (a, &b.name)
+    client::send_all(
+        &http,
+        target,
+        args.messages,
+        args.parallel,
+        ("seeding", as_json),
+        |i| {
+            if i % 2 == 0 {
+                (a, &b.name, format!("history {i}"))
             } else {
-                (b, &a.name)
-            };
-            async move {
-                let s = client::send(http, target, from, to, &format!("history {i}")).await;
-                bar.inc(1);
-                s
+                (b, &a.name, format!("history {i}"))
             }
-        })
-        .buffer_unordered(args.parallel.max(1))
-        .collect()
-        .await;
-    bar.finish_and_clear();
-    let failed = statuses.iter().filter(|s| !matches!(s, Ok(201))).count();
-    anyhow::ensure!(failed == 0, "{failed} seeding sends failed");
+        },
+    )
+    .await?;
 
     let latest_url = format!(
         "{}/chat/history?user1={}&user2={}&limit={}",

@@ -19,12 +19,17 @@
 //!
 //! **Conversations** live in the collection `conversations`, one document per user and peer
 //! (`owner`, `peer`, both unique together): `lastId`, the newest message's `_id`; `lastIn`, the
-//! newest message *from* the peer; `readUpTo`, how far the owner has read; `counted`, the unread
-//! count last computed and the (`readUpTo`, `lastIn`) it was computed for. A send writes, after
-//! its messages, one `$max` upsert per user and peer (both sides; one bulk `update`, one round
-//! trip per batch of sends). Every write is a `$max`, so re-applying one (the outbox does, for a
-//! message whose summaries could not be written) changes nothing, and no counter can drift: an
-//! unread count is counted, never incremented. A page of a user's list is:
+//! newest message *from* the peer; `incoming`, a number that grows with every write of messages
+//! from the peer; `readUpTo`, how far the owner has read; `counted`, the unread count last
+//! computed and the (`readUpTo`, `lastIn`, `incoming`) it was computed for. A send writes, after
+//! its messages, one upsert per user and peer (both sides; one bulk `update`, one round trip per
+//! batch of sends): `$max` of the ids, `$inc` of `incoming`. Re-applying one (the outbox does,
+//! for a message whose summaries could not be written) changes no id, and no count can drift: an
+//! unread count is counted, never incremented; `incoming` only tells a count computed before a
+//! message landed from one computed after (ids are assigned when a send arrives and batches
+//! commit concurrently, so a message can land below `lastIn`). A summary is written only once
+//! the unique index exists (the first write makes it if start-up has not yet), so no two
+//! summaries of one conversation can ever be created. A page of a user's list is:
 //! 1. `find({owner, lastId: {$lt: before}}).sort({lastId: -1}).limit(n + 1)` on
 //!    `{owner: 1, lastId: -1}`: a bounded scan of n + 1 keys;
 //! 2. together: the last messages, `find({_id: {$in: [...]}})` (n point reads), the peers' read
@@ -39,7 +44,14 @@
 //! conversation; the README gives both figures. No code here works around that: production
 //! runs on MongoDB.
 
-use std::{future::IntoFuture, time::Duration};
+use std::{
+    future::IntoFuture,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use chat_common::{config::Durability, mongo};
@@ -98,16 +110,22 @@ struct SummaryDoc {
     last_in: Option<ObjectId>,
     #[serde(rename = "readUpTo", default, skip_serializing_if = "Option::is_none")]
     read_up_to: Option<ObjectId>,
+    /// Grows with every write of messages from the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    incoming: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     counted: Option<Counted>,
 }
 
-/// An unread count and the read position and newest incoming message it was counted for.
+/// An unread count and the read position, newest incoming message and `incoming` it was counted
+/// for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Counted {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     read: Option<ObjectId>,
     last: ObjectId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seen: Option<i64>,
     n: i64,
 }
 
@@ -122,9 +140,27 @@ impl SummaryDoc {
         }
         self.counted
             .as_ref()
-            .filter(|c| c.read == self.read_up_to && c.last == last_in)
+            .filter(|c| c.read == self.read_up_to && c.last == last_in && c.seen == self.incoming)
             .map(|c| u64::try_from(c.n).unwrap_or(0))
     }
+}
+
+/// The collection of one-shot upgrade markers, and the one of the conversation summaries: `since`,
+/// the first id this version assigned on this database.
+const MIGRATIONS: &str = "migrations";
+const CONVERSATIONS_SINCE: &str = "conversations";
+
+/// The summaries' unique index: one summary per user and peer.
+fn owner_peer_index() -> IndexModel {
+    IndexModel::builder()
+        .keys(doc! { "owner": 1, "peer": 1 })
+        .options(
+            IndexOptions::builder()
+                .name("owner_peer".to_owned())
+                .unique(true)
+                .build(),
+        )
+        .build()
 }
 
 pub struct MongoMessageStore {
@@ -132,6 +168,8 @@ pub struct MongoMessageStore {
     messages: Collection<MessageDoc>,
     conversations: Collection<SummaryDoc>,
     op_timeout: Duration,
+    /// Set once the summaries' unique index exists (shared by [`Self::same_database`]).
+    summaries_indexed: Arc<AtomicBool>,
 }
 
 impl MongoMessageStore {
@@ -163,6 +201,7 @@ impl MongoMessageStore {
             conversations: db.collection("conversations"),
             db,
             op_timeout,
+            summaries_indexed: Arc::default(),
         }
     }
 
@@ -170,7 +209,10 @@ impl MongoMessageStore {
     /// replicas).
     #[must_use]
     pub fn same_database(&self) -> Self {
-        Self::with_database(self.db.clone(), self.op_timeout)
+        Self {
+            summaries_indexed: self.summaries_indexed.clone(),
+            ..Self::with_database(self.db.clone(), self.op_timeout)
+        }
     }
 
     /// Creates the indexes (idempotent): the conversation's, each user's two directions (for
@@ -207,12 +249,39 @@ impl MongoMessageStore {
             index(doc! { "outbox": 1 }, "outbox", exists("outbox"), false),
         ];
         self.timed(self.messages.create_indexes(indexes)).await?;
-        let summaries = [
-            index(doc! { "owner": 1, "peer": 1 }, "owner_peer", None, true),
-            index(doc! { "owner": 1, "lastId": -1 }, "recent", None, false),
-        ];
-        self.timed(self.conversations.create_indexes(summaries))
+        // One at a time: the unique one is what summaries wait for.
+        self.summaries_ready().await?;
+        self.timed(self.conversations.create_index(index(
+            doc! { "owner": 1, "lastId": -1 },
+            "recent",
+            None,
+            false,
+        )))
+        .await?;
+        // When this version first served this database: what was stored before counts as read
+        // once `backfill-conversations` lists it (the first start wins).
+        self.timed(
+            self.db
+                .collection::<Document>(MIGRATIONS)
+                .update_one(
+                    doc! { "_id": CONVERSATIONS_SINCE },
+                    doc! { "$setOnInsert": { "since": ObjectId::new() } },
+                )
+                .upsert(true),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Summaries are written only once their unique index exists: the first caller before
+    /// [`Self::ensure_indexes`] got there creates it (idempotent, one round trip once).
+    async fn summaries_ready(&self) -> Result<(), StoreError> {
+        if self.summaries_indexed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.timed(self.conversations.create_index(owner_peer_index()))
             .await?;
+        self.summaries_indexed.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -261,12 +330,18 @@ impl MongoMessageStore {
     /// message and the newest from the peer (`$max`: idempotent, order-free).
     async fn record_conversations(&self, messages: &[&Message]) -> Result<(), StoreError> {
         use std::collections::HashMap;
-        let mut newest: HashMap<(&str, &str), (ObjectId, Option<ObjectId>)> = HashMap::new();
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.summaries_ready().await?;
+        // Per user and peer: the newest message, the newest from the peer, how many from them.
+        let mut newest: HashMap<(&str, &str), (ObjectId, Option<ObjectId>, i64)> = HashMap::new();
         let mut note = |owner, peer, id: ObjectId, incoming: bool| {
-            let entry = newest.entry((owner, peer)).or_insert((id, None));
+            let entry = newest.entry((owner, peer)).or_insert((id, None, 0));
             entry.0 = entry.0.max(id);
             if incoming {
                 entry.1 = entry.1.max(Some(id));
+                entry.2 += 1;
             }
         };
         for m in messages {
@@ -277,12 +352,15 @@ impl MongoMessageStore {
         }
         let updates = newest
             .into_iter()
-            .map(|((owner, peer), (last, last_in))| {
+            .map(|((owner, peer), (last, last_in, incoming))| {
                 let mut max = doc! { "lastId": last };
+                let mut update = Document::new();
                 if let Some(last_in) = last_in {
                     max.insert("lastIn", last_in);
+                    update.insert("$inc", doc! { "incoming": incoming });
                 }
-                doc! { "q": { "owner": owner, "peer": peer }, "u": { "$max": max }, "upsert": true }
+                update.insert("$max", max);
+                doc! { "q": { "owner": owner, "peer": peer }, "u": update, "upsert": true }
             })
             .collect();
         self.update_summaries(updates).await
@@ -307,6 +385,7 @@ impl MongoMessageStore {
         let counted = Counted {
             read: s.read_up_to,
             last: last_in,
+            seen: s.incoming,
             n: i64::try_from(n).unwrap_or(i64::MAX),
         };
         // Kept only as a hint: a count for another state is never used (`known_unread`).
@@ -686,6 +765,7 @@ impl MessageStore for MongoMessageStore {
         if !ours {
             return Ok(ReadMark::NotInConversation);
         }
+        self.summaries_ready().await?;
         let update = doc! { "$max": { "readUpTo": up_to, "lastId": up_to } };
         let filter = doc! { "owner": owner, "peer": peer };
         let before = loop {
@@ -720,11 +800,27 @@ impl MessageStore for MongoMessageStore {
             sender: String,
             recipient: String,
         }
-        // One pass over the collection (a one-shot upgrade): the newest message of each
-        // direction, then one upsert per user and peer.
+        #[derive(Deserialize)]
+        struct Since {
+            since: ObjectId,
+        }
+        // The indexes first (a one-shot run does not wait for a server's), and the first id of
+        // this version: what was stored before it counts as read, what came after (sends of
+        // this version, or of an older replica during a rolling upgrade) does not.
+        self.ensure_indexes().await?;
+        let since = self
+            .timed(
+                self.db
+                    .collection::<Since>(MIGRATIONS)
+                    .find_one(doc! { "_id": CONVERSATIONS_SINCE }),
+            )
+            .await?
+            .map_or_else(ObjectId::new, |s| s.since);
+        // One pass over the collection: per direction, the newest message, and the newest
+        // before `since`.
         let ends: Collection<Ends> = self.db.collection(self.messages.name());
         let mut report = Backfill::default();
-        let mut newest: HashMap<(String, String), ObjectId> = HashMap::new();
+        let mut newest: HashMap<(String, String), (ObjectId, Option<ObjectId>)> = HashMap::new();
         let messages = &mut report.messages;
         let newest_ref = &mut newest;
         self.timed_long(async move {
@@ -736,31 +832,44 @@ impl MessageStore for MongoMessageStore {
             while cursor.advance().await? {
                 let e = cursor.deserialize_current()?;
                 *messages += 1;
-                let slot = newest_ref.entry((e.sender, e.recipient)).or_insert(e.id);
-                *slot = (*slot).max(e.id);
+                let slot = newest_ref
+                    .entry((e.sender, e.recipient))
+                    .or_insert((e.id, None));
+                slot.0 = slot.0.max(e.id);
+                if e.id < since {
+                    slot.1 = slot.1.max(Some(e.id));
+                }
             }
             Ok(())
         })
         .await?;
-        // Per user and peer: the newest message either way, and the newest from the peer.
-        let mut summaries: HashMap<(&str, &str), (ObjectId, Option<ObjectId>)> = HashMap::new();
-        for ((sender, recipient), id) in &newest {
-            let mine = summaries.entry((sender, recipient)).or_insert((*id, None));
+        // Per user and peer: the newest message either way, the newest from the peer, and the
+        // newest from the peer before `since` (read).
+        let mut summaries: HashMap<(&str, &str), (ObjectId, Option<ObjectId>, Option<ObjectId>)> =
+            HashMap::new();
+        for ((sender, recipient), (id, old)) in &newest {
+            let mine = summaries
+                .entry((sender, recipient))
+                .or_insert((*id, None, None));
             mine.0 = mine.0.max(*id);
             if sender != recipient {
-                let theirs = summaries.entry((recipient, sender)).or_insert((*id, None));
+                let theirs = summaries
+                    .entry((recipient, sender))
+                    .or_insert((*id, None, None));
                 theirs.0 = theirs.0.max(*id);
                 theirs.1 = theirs.1.max(Some(*id));
+                theirs.2 = theirs.2.max(*old);
             }
         }
         let updates: Vec<Document> = summaries
             .iter()
-            .map(|((owner, peer), (last, last_in))| {
+            .map(|((owner, peer), (last, last_in, read))| {
                 let mut max = doc! { "lastId": last };
                 if let Some(last_in) = last_in {
-                    // What the original system delivered counts as read.
                     max.insert("lastIn", last_in);
-                    max.insert("readUpTo", last_in);
+                }
+                if let Some(read) = read {
+                    max.insert("readUpTo", read);
                 }
                 doc! { "q": { "owner": owner, "peer": peer }, "u": { "$max": max }, "upsert": true }
             })
@@ -788,7 +897,8 @@ impl MessageStore for MongoMessageStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed(self.db.run_command(doc! { "ping": 1 })).await?;
-        Ok(())
+        // Not ready to serve sends fully until summaries can be written.
+        self.summaries_ready().await
     }
 }
 
