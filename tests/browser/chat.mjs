@@ -276,13 +276,51 @@ async function main() {
     await waitForMessage(a, 'alice', missed, false);
   });
 
-  const expected = [first, reply, ...more.map(([, , text]) => text), missed];
-  await step('alice reloads: the history and ✓✓ come back', async () => {
+  if (process.env.SCREENSHOT) {
+    await step(`screenshot of alice's conversation saved to ${process.env.SCREENSHOT}`, async () => {
+      await a.mouse.move(0, 0); // no hover highlight in the picture
+      await a.screenshot({ path: process.env.SCREENSHOT, timeout: WAIT_MS });
+    });
+  }
+
+  // More than a page of history: bob's client (the API, as any client would) sends 60 more.
+  const burst = Array.from({ length: 60 }, (_, i) => `Message ${i + 1} of a long day`);
+  await step('bob sends 60 more through the API: alice sees them live', async () => {
+    const authUrl = new URL(pageUrl()).searchParams.get('auth') || new URL(pageUrl()).origin.replace(/:\d+$/, ':5001');
+    const chatUrl = new URL(pageUrl()).searchParams.get('chat') || new URL(pageUrl()).origin.replace(/:\d+$/, ':5002');
+    const login = await fetch(`${authUrl}/auth/login`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ username: bob, password }),
+    });
+    if (login.status !== 200) throw new Error(`bob's login through the API: ${login.status}`);
+    const { token } = await login.json();
+    for (const content of burst) {
+      const sent = await fetch(`${chatUrl}/chat/send`, {
+        method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+        body: JSON.stringify({ recipient: alice, content }),
+      });
+      if (sent.status !== 201) throw new Error(`a send through the API: ${sent.status}`);
+    }
+    await waitForMessage(a, 'alice', burst[burst.length - 1], false);
+  });
+
+  const expected = [first, reply, ...more.map(([, , text]) => text), missed, ...burst];
+  await step('alice reloads: the latest page, then older pages upward, and ✓✓ come back', async () => {
     await a.reload({ timeout: WAIT_MS });
     await until(a, 'alice is still signed in after the reload', (n) =>
       document.querySelector('[data-testid="whoami"]')?.textContent.includes(n), alice);
     await a.locator(`[data-testid="conversation-row"][data-peer="${bob}"]`).click();
-    await waitForMessage(a, 'alice', more[2][2], true);
+    await waitForMessage(a, 'alice', burst[burst.length - 1], false);
+    const latest = await messages(a);
+    if (latest.length >= expected.length) throw new Error(`the whole history came at once (${latest.length} messages): no paging`);
+    // Page upward until the first message is there.
+    for (let pages = 0; !(await messages(a)).some((m) => m.text === first); pages++) {
+      if (pages > 5) throw new Error('the first message never came back by paging upward');
+      const shown = (await messages(a)).length;
+      await byTestId(a, 'load-older').click();
+      await until(a, 'an older page arrives', (n) =>
+        document.querySelectorAll('[data-testid="message-list"] [data-testid="message"]').length > n, shown);
+    }
     const got = await messages(a);
     const texts = got.map((m) => m.text);
     if (JSON.stringify(texts) !== JSON.stringify(expected)) {
@@ -293,13 +331,6 @@ async function main() {
     const ids = got.map((m) => m.id);
     if (ids.some((id, i) => i > 0 && id <= ids[i - 1])) throw new Error(`messages out of _id order: ${ids}`);
   });
-
-  if (process.env.SCREENSHOT) {
-    await step(`screenshot of alice's conversation saved to ${process.env.SCREENSHOT}`, async () => {
-      await a.mouse.move(0, 0); // no hover highlight in the picture
-      await a.screenshot({ path: process.env.SCREENSHOT, timeout: WAIT_MS });
-    });
-  }
 
   const uncaught = consoleErrors.filter((line) => line.includes('uncaught:'));
   if (uncaught.length) throw new Error(`uncaught errors in the pages:\n${uncaught.join('\n')}`);

@@ -26,7 +26,9 @@ async fn two_people_chat_through_the_web_client_in_chromium() {
     );
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let data = tempfile::tempdir().unwrap();
-    let stack = Standalone::start(data.path(), &[]).await;
+    // The script sends 60 messages in a burst through the API (more than a page of history):
+    // beyond the default per-user send rate.
+    let stack = Standalone::start(data.path(), chat_common::testing::LOAD_TEST_LIMITS).await;
     let a = stack.addrs;
     // The page at the stack's websocket port, told where auth and chat are (ephemeral ports).
     let screenshot = std::env::var("SCREENSHOT")
