@@ -125,8 +125,10 @@ fn note_message(
     Ok(())
 }
 
-/// Writes a summary for every conversation in `by_user` (the newest message either way, read),
-/// keeping what is newer in the summaries already there. Returns (messages, summaries).
+/// Writes a summary for every conversation in `by_user` that has none (the newest message
+/// either way, read): a file written before summaries existed. A summary that exists is kept as
+/// it is: this store writes summaries in each send's transaction, so one that exists is exact.
+/// Returns (messages, summaries written).
 fn backfill(txn: &redb::WriteTransaction) -> Result<(u64, u64), StoreError> {
     let by_user = txn.open_table(BY_USER).map_err(unavailable)?;
     let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
@@ -144,19 +146,22 @@ fn backfill(txn: &redb::WriteTransaction) -> Result<(u64, u64), StoreError> {
             .or_insert(id);
         *slot = (*slot).max(id);
     }
+    let mut written = 0u64;
     for ((owner, peer), id) in &newest {
         let mut s = summary(&conversations, owner, peer)?;
+        if s.is_some() {
+            continue;
+        }
         note_newest(&mut recent, &mut s, owner, peer, *id)?;
         let mut s = s.unwrap_or_default();
-        if s.read < *id {
-            s.read = *id;
-            s.unread = 0;
-        }
+        s.read = *id;
+        s.unread = 0;
         conversations
             .insert((owner.as_str(), peer.as_str()), &s.encode()[..])
             .map_err(unavailable)?;
+        written += 1;
     }
-    Ok((rows, u64::try_from(newest.len()).unwrap_or(u64::MAX)))
+    Ok((rows, written))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -670,5 +675,83 @@ impl MessageStore for EmbeddedMessageStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(sender: &str, recipient: &str) -> Message {
+        Message {
+            id: ObjectId::new(),
+            sender: sender.to_owned(),
+            recipient: recipient.to_owned(),
+            content: "hi".to_owned(),
+            timestamp_ms: 0,
+            idempotency_key: None,
+        }
+    }
+
+    async fn list(store: &EmbeddedMessageStore, owner: &str) -> Vec<(String, ObjectId, u64)> {
+        store
+            .conversations(owner, None, 20)
+            .await
+            .unwrap()
+            .page
+            .into_iter()
+            .map(|c| (c.peer, c.last.id, c.unread))
+            .collect()
+    }
+
+    /// A file written before summaries existed is summarised when it opens, everything in it
+    /// read; an explicit backfill later leaves the summaries kept since (unread counts too).
+    #[tokio::test]
+    async fn a_file_without_summaries_gets_them_at_open_and_a_backfill_keeps_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.redb");
+        let old = [
+            message("alice", "bob"),
+            message("bob", "alice"),
+            message("carol", "alice"),
+        ];
+        {
+            let store = EmbeddedMessageStore::open(&path).unwrap();
+            store.insert_many(&old, 0).await.unwrap();
+            assert_eq!(list(&store, "alice").await[0].2, 1, "carol's, unread");
+        }
+        // As an earlier version left it: messages, no summaries.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(CONVERSATIONS).unwrap();
+            txn.delete_table(RECENT).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedMessageStore::open(&path).unwrap();
+        let expected = vec![
+            ("carol".to_owned(), old[2].id, 0),
+            ("bob".to_owned(), old[1].id, 0),
+        ];
+        assert_eq!(list(&store, "alice").await, expected);
+        assert_eq!(
+            list(&store, "bob").await,
+            [("alice".to_owned(), old[1].id, 0)]
+        );
+
+        let new = message("bob", "alice");
+        store
+            .insert_many(std::slice::from_ref(&new), 0)
+            .await
+            .unwrap();
+        let report = store.backfill_conversations().await.unwrap();
+        assert_eq!((report.messages, report.summaries), (4, 0));
+        assert_eq!(
+            list(&store, "alice").await,
+            [
+                ("bob".to_owned(), new.id, 1),
+                ("carol".to_owned(), old[2].id, 0)
+            ]
+        );
     }
 }
