@@ -203,6 +203,14 @@ ensure_images() {
   done
 }
 
+# Node.js and npm from Debian's packages when missing; $1 says what needs them.
+ensure_npm() {
+  command -v npm >/dev/null 2>&1 && return
+  log "installing nodejs and npm ($1)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+}
+
 # dclint, the Compose file linter (npm), for tests/tests/compose.rs: installed once per version
 # into the cache (about 5 s cold). Exports TEST_DCLINT.
 DCLINT_VERSION="3.1.0"
@@ -211,11 +219,7 @@ SCHEMATHESIS_VERSION=4.32.5
 ensure_dclint() {
   local dir="$CACHE/npm/dclint-$DCLINT_VERSION"
   if [ ! -x "$dir/node_modules/.bin/dclint" ]; then
-    if ! command -v npm >/dev/null 2>&1; then
-      log "installing nodejs and npm (dclint, the docker-compose.yml linter, is an npm package)"
-      as_root apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
-    fi
+    ensure_npm "dclint, the docker-compose.yml linter, is an npm package"
     log "installing dclint@$DCLINT_VERSION into $dir"
     rm -rf "$dir.tmp"
     npm install --prefix "$dir.tmp" --no-audit --no-fund --no-save --loglevel=error "dclint@$DCLINT_VERSION" >&2 ||
@@ -286,11 +290,7 @@ ensure_browser() {
   hash="$(sha256sum "$lock" | cut -c1-12)"
   dir="$CACHE/npm/browser-$hash"
   if [ ! -f "$dir/node_modules/playwright-core/package.json" ]; then
-    if ! command -v npm >/dev/null 2>&1; then
-      log "installing nodejs and npm (playwright-core, which drives the browser, is an npm package)"
-      as_root apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
-    fi
+    ensure_npm "playwright-core, which drives the browser, is an npm package"
     log "installing tests/browser's npm packages (playwright-core) into $dir"
     rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
     cp "$ROOT/tests/browser/package.json" "$lock" "$dir.tmp/"

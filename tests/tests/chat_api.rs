@@ -468,12 +468,23 @@ async fn pages_are_exact_where_writers_interleave_across_a_second() {
     check(hex, vec![100, 104, 105, 109]).await;
 }
 
+/// A message with a fresh id, for the store's own tests.
+fn message(sender: &str, recipient: &str, content: &str) -> chat_service::store::Message {
+    chat_service::store::Message {
+        id: mongodb::bson::oid::ObjectId::new(),
+        sender: sender.to_owned(),
+        recipient: recipient.to_owned(),
+        content: content.to_owned(),
+        timestamp_ms: 0,
+        idempotency_key: None,
+    }
+}
+
 type Seeded = Vec<(&'static str, &'static str, mongodb::bson::oid::ObjectId)>;
 
 /// A long two-sided conversation, a one-sided one, and notes to self: 300 messages.
 async fn seed_conversations(store: &chat_service::store::MongoMessageStore) -> Seeded {
-    use chat_service::store::{Message, MessageStore};
-    use mongodb::bson::oid::ObjectId;
+    use chat_service::store::MessageStore;
 
     let mut ids = Vec::new();
     let mut batch = Vec::new();
@@ -484,16 +495,9 @@ async fn seed_conversations(store: &chat_service::store::MongoMessageStore) -> S
             3 => ("alice", "carol"),
             _ => ("alice", "alice"),
         };
-        let id = ObjectId::new();
-        ids.push((sender, recipient, id));
-        batch.push(Message {
-            id,
-            sender: sender.to_owned(),
-            recipient: recipient.to_owned(),
-            content: format!("m{i}"),
-            timestamp_ms: 0,
-            idempotency_key: None,
-        });
+        let m = message(sender, recipient, &format!("m{i}"));
+        ids.push((sender, recipient, m.id));
+        batch.push(m);
     }
     store.insert_many(&batch, 0).await.unwrap();
     ids
@@ -659,12 +663,9 @@ async fn a_history_page_is_at_most_two_queries() {
 
 fn stored(sender: &str, key: Option<&str>, content: &str) -> chat_service::store::Message {
     chat_service::store::Message {
-        id: mongodb::bson::oid::ObjectId::new(),
-        sender: sender.to_owned(),
-        recipient: "bob".to_owned(),
-        content: content.to_owned(),
         timestamp_ms: chat_common::time::now_millis(),
         idempotency_key: key.map(str::to_owned),
+        ..message(sender, "bob", content)
     }
 }
 
@@ -791,8 +792,7 @@ async fn conversations_list_the_most_recent_first_with_unread_counts_that_reads_
 
 /// Alice and `peers` others: each peer sends her three messages, she answers once, in turns.
 async fn seed_peers(store: &chat_service::store::MongoMessageStore, peers: usize) -> Vec<String> {
-    use chat_service::store::{Message, MessageStore};
-    use mongodb::bson::oid::ObjectId;
+    use chat_service::store::MessageStore;
 
     let names: Vec<String> = (0..peers).map(|i| format!("peer{i:03}")).collect();
     let mut batch = Vec::new();
@@ -803,14 +803,7 @@ async fn seed_peers(store: &chat_service::store::MongoMessageStore, peers: usize
             } else {
                 (name.as_str(), "alice")
             };
-            batch.push(Message {
-                id: ObjectId::new(),
-                sender: sender.to_owned(),
-                recipient: recipient.to_owned(),
-                content: format!("{round}"),
-                timestamp_ms: 0,
-                idempotency_key: None,
-            });
+            batch.push(message(sender, recipient, &format!("{round}")));
         }
     }
     store.insert_many(&batch, 0).await.unwrap();
@@ -875,15 +868,10 @@ async fn a_conversations_page_is_three_queries_once_counted() {
     let (read, queries) = page(None).await;
     assert_eq!((read.page[0].unread, queries), (0, 3));
     let other = &first.page[1].peer;
-    let message = chat_service::store::Message {
-        id: mongodb::bson::oid::ObjectId::new(),
-        sender: other.clone(),
-        recipient: "alice".to_owned(),
-        content: "again".to_owned(),
-        timestamp_ms: 0,
-        idempotency_key: None,
-    };
-    store.insert_many(&[message], 0).await.unwrap();
+    store
+        .insert_many(&[message(other, "alice", "again")], 0)
+        .await
+        .unwrap();
     let (after, queries) = page(None).await;
     assert_eq!((&after.page[0].peer, after.page[0].unread), (other, 4));
     assert_eq!(queries, 3 + 2);
@@ -891,13 +879,7 @@ async fn a_conversations_page_is_three_queries_once_counted() {
     // batches commit concurrently) still counts.
     let late = chat_service::store::Message {
         id: mongodb::bson::oid::ObjectId::from_bytes([0; 12]),
-        content: "late".to_owned(),
-        ..after.page[0].last.clone()
-    };
-    let late = chat_service::store::Message {
-        sender: other.clone(),
-        recipient: "alice".to_owned(),
-        ..late
+        ..message(other, "alice", "late")
     };
     store.insert_many(&[late], 0).await.unwrap();
     let (after, queries) = page(None).await;
@@ -911,7 +893,7 @@ async fn a_conversations_page_is_three_queries_once_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backfill_lists_conversations_the_original_system_stored() {
     use chat_common::testing;
-    use chat_service::store::{Inserted, Message, MessageStore};
+    use chat_service::store::{Inserted, MessageStore};
     use mongodb::bson::{DateTime, doc, oid::ObjectId};
 
     let client = mongodb::Client::with_uri_str(testing::mongodb_url())
@@ -939,14 +921,7 @@ async fn the_backfill_lists_conversations_the_original_system_stored() {
             .await
             .unwrap();
     }
-    let new = |content: &str| Message {
-        id: ObjectId::new(),
-        sender: "carol".to_owned(),
-        recipient: "alice".to_owned(),
-        content: content.to_owned(),
-        timestamp_ms: 0,
-        idempotency_key: None,
-    };
+    let new = |content: &str| message("carol", "alice", content);
     // A send before the indexes are made creates the summaries' unique index itself.
     let early = new("before the indexes");
     assert_eq!(

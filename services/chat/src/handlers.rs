@@ -183,11 +183,12 @@ pub struct HistoryQuery {
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 200;
 
-fn page_limit(limit: Option<usize>) -> Result<usize, ChatError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
+/// `limit`, or `default` without one; 400 outside 1 to `max`.
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ChatError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
         return Err(ChatError::Validation(format!(
-            "limit must be between 1 and {MAX_PAGE}"
+            "limit must be between 1 and {max}"
         )));
     }
     Ok(limit)
@@ -237,7 +238,7 @@ pub async fn history(
             "Only the participants may read this conversation",
         ));
     }
-    let limit = page_limit(q.limit)?;
+    let limit = page_limit(q.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let page = match (q.before.as_deref(), q.after.as_deref()) {
         (Some(_), Some(_)) => {
             return Err(ChatError::Validation(
@@ -288,7 +289,7 @@ pub async fn messages(
     AuthUser(user): AuthUser,
     Query(q): Query<MessagesQuery>,
 ) -> Result<Json<Value>, ChatError> {
-    let limit = page_limit(q.limit)?;
+    let limit = page_limit(q.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let after = q
         .after
         .as_deref()
@@ -331,12 +332,7 @@ pub async fn conversations(
     AuthUser(user): AuthUser,
     Query(q): Query<ConversationsQuery>,
 ) -> Result<Json<Value>, ChatError> {
-    let limit = q.limit.unwrap_or(DEFAULT_CONVERSATIONS);
-    if !(1..=MAX_CONVERSATIONS).contains(&limit) {
-        return Err(ChatError::Validation(format!(
-            "limit must be between 1 and {MAX_CONVERSATIONS}"
-        )));
-    }
+    let limit = page_limit(q.limit, DEFAULT_CONVERSATIONS, MAX_CONVERSATIONS)?;
     let before = q
         .before
         .as_deref()

@@ -170,19 +170,9 @@ impl Cors {
             Self::Off => return None,
             Self::Any => AllowOrigin::any(),
             Self::Origins(list) => AllowOrigin::list(list.iter().cloned()),
-            Self::Loopback => AllowOrigin::predicate(|origin, _| {
-                origin.to_str().is_ok_and(|o| {
-                    let host = o.strip_prefix("http://").unwrap_or("");
-                    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-                        if port.bytes().all(|b| b.is_ascii_digit()) {
-                            h
-                        } else {
-                            host
-                        }
-                    });
-                    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
-                })
-            }),
+            Self::Loopback => {
+                AllowOrigin::predicate(|origin, _| origin.to_str().is_ok_and(is_loopback_origin))
+            }
         };
         Some(
             CorsLayer::new()
@@ -197,6 +187,18 @@ impl Cors {
                 .max_age(Duration::from_secs(600)),
         )
     }
+}
+
+/// `http://localhost`, `http://127.0.0.1` or `http://[::1]`, with any port or none.
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some(authority) = origin.strip_prefix("http://") else {
+        return false;
+    };
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 /// Wraps a service's routes with what every service has: `/healthz`, `/metrics`, JSON 404/405,
@@ -337,6 +339,20 @@ mod tests {
                 HeaderValue::from_static("https://chat.example.com"),
             ]))
         );
+        for origin in [
+            "http://localhost:5003",
+            "http://127.0.0.1",
+            "http://[::1]:8080",
+        ] {
+            assert!(is_loopback_origin(origin), "{origin}");
+        }
+        for origin in [
+            "https://localhost",
+            "http://localhost.evil.example",
+            "http://10.0.0.1:5003",
+        ] {
+            assert!(!is_loopback_origin(origin), "{origin}");
+        }
         for bad in [
             "localhost:5003",
             "http://localhost:5003/",

@@ -111,12 +111,18 @@ pub enum CatchUpError {
     Status(reqwest::StatusCode),
 }
 
-/// chat-service's catch-up read, called with each user's own token.
+/// chat-service's catch-up read, called with each user's own token. Every socket's task holds
+/// a clone: the URLs are shared, not copied.
 #[derive(Clone, Debug)]
 pub struct ChatClient {
     http: reqwest::Client,
-    messages_url: String,
-    history_url: String,
+    urls: std::sync::Arc<Urls>,
+}
+
+#[derive(Debug)]
+struct Urls {
+    messages: String,
+    history: String,
 }
 
 #[derive(Deserialize)]
@@ -132,8 +138,10 @@ impl ChatClient {
                 .timeout(timeout)
                 .connect_timeout(timeout)
                 .build()?,
-            messages_url: format!("{base}/chat/messages"),
-            history_url: format!("{base}/chat/history"),
+            urls: std::sync::Arc::new(Urls {
+                messages: format!("{base}/chat/messages"),
+                history: format!("{base}/chat/history"),
+            }),
         })
     }
 
@@ -145,7 +153,7 @@ impl ChatClient {
     ) -> Result<Vec<MessageView>, CatchUpError> {
         let response = self
             .http
-            .get(&self.messages_url)
+            .get(&self.urls.messages)
             .bearer_auth(token)
             .query(&[("after", after.to_hex()), ("limit", PAGE.to_string())])
             .send()
@@ -168,7 +176,7 @@ impl ChatClient {
     ) -> Result<bool, CatchUpError> {
         let response = self
             .http
-            .get(&self.history_url)
+            .get(&self.urls.history)
             .bearer_auth(token)
             .query(&[("user1", me), ("user2", peer), ("limit", "1")])
             .timeout(timeout)

@@ -36,6 +36,14 @@ use tokio::sync::watch;
 
 use crate::{WsMetrics, catchup::MessageId, outbox::Outbox, signals::Events};
 
+/// What a frame carries: a message (for every socket, written once per socket by its `_id`) or
+/// a signal (for the sockets that asked for it; no id).
+#[derive(Debug, Clone, Copy)]
+enum Delivery {
+    Message(MessageId),
+    Signal(Events),
+}
+
 /// One open socket.
 struct Conn {
     id: u64,
@@ -255,14 +263,12 @@ impl Hub {
     }
 
     /// Queues a frame (built once, on the first socket found, into `frame`) on every socket of
-    /// `username` (that asked for `signal`, if it is one); a socket whose queue is full is marked
-    /// dropped (its task closes it with 1008, and the client resumes). Returns how many sockets
-    /// got it.
+    /// `username` it is for; a socket whose queue is full is marked dropped (its task closes it
+    /// with 1008, and the client resumes). Returns how many sockets got it.
     fn deliver(
         &self,
         username: &str,
-        signal: Option<Events>,
-        id: Option<MessageId>,
+        what: Delivery,
         frame: &mut Option<Utf8Bytes>,
         build: &dyn Fn() -> String,
     ) -> usize {
@@ -274,9 +280,11 @@ impl Hub {
                 return 0;
             };
             for c in list {
-                if signal.is_some_and(|s| !c.events.wants(s)) {
-                    continue;
-                }
+                let id = match what {
+                    Delivery::Message(id) => Some(id),
+                    Delivery::Signal(signal) if c.events.wants(signal) => None,
+                    Delivery::Signal(_) => continue,
+                };
                 let frame = frame.get_or_insert_with(|| build().into());
                 if c.outbox.push(id, frame.clone()) {
                     delivered += 1;
@@ -349,7 +357,7 @@ impl Hub {
         // The recipient's sockets, then the sender's other devices.
         let sender_differs = m.sender != m.recipient;
         for name in std::iter::once(&m.recipient).chain(sender_differs.then_some(&m.sender)) {
-            delivered += self.deliver(name, None, Some(id), &mut frame, &build);
+            delivered += self.deliver(name, Delivery::Message(id), &mut frame, &build);
         }
         if delivered > 0 {
             self.delivered(delivered);
@@ -369,7 +377,7 @@ impl Hub {
         let mut delivered = 0;
         let differs = r.reader != r.peer;
         for name in std::iter::once(&r.peer).chain(differs.then_some(&r.reader)) {
-            delivered += self.deliver(name, Some(Events::READ), None, &mut frame, &build);
+            delivered += self.deliver(name, Delivery::Signal(Events::READ), &mut frame, &build);
         }
         self.delivered(delivered);
     }
@@ -377,7 +385,7 @@ impl Hub {
     fn typing(&self, t: &Typing) {
         self.metrics.events.with_label_values(&[TYPING]).inc();
         let mut frame = None;
-        let delivered = self.deliver(&t.to, Some(Events::TYPING), None, &mut frame, &|| {
+        let delivered = self.deliver(&t.to, Delivery::Signal(Events::TYPING), &mut frame, &|| {
             typing_frame(t)
         });
         self.delivered(delivered);

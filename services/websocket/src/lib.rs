@@ -2,6 +2,7 @@
 //! A drop-in for the original's `ws://host:5003?token=<JWT>`, with many sockets per user, bounded
 //! per-socket queues, pings, token expiry and a consumer that survives broker restarts.
 
+mod bucket;
 pub mod catchup;
 pub mod consumer;
 pub mod hub;
@@ -269,7 +270,8 @@ pub struct AppState {
     pub signals: signals::SignalBus,
     web_client: bool,
     limits: Limits,
-    cors: chat_common::http::Cors,
+    /// Shared: every socket's task holds a clone of the state.
+    cors: Arc<chat_common::http::Cors>,
 }
 
 impl AppState {
@@ -354,7 +356,7 @@ impl AppState {
             signals: config.signal_bus(),
             web_client: config.web_client,
             limits: config.common.limits,
-            cors: config.common.cors.clone(),
+            cors: Arc::new(config.common.cors.clone()),
         })
     }
 

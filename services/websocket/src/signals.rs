@@ -16,7 +16,7 @@ use chat_common::{
 };
 use serde::Deserialize;
 
-use crate::catchup::ChatClient;
+use crate::{bucket::TokenBucket, catchup::ChatClient};
 
 /// The signals a socket asked for. Message frames go to every socket, whatever it asked: a client
 /// written for the original system, which asks for nothing, sees only those.
@@ -176,14 +176,21 @@ impl TypingOutcome {
     }
 }
 
-/// A socket's typing state: its rate, and the peers it was checked against. Empty and
-/// unallocated until the socket's first typing frame (most sockets never send one).
-#[derive(Default)]
+/// A socket's typing state: its rate, and the peers it was checked against (the socket makes it
+/// at its first typing frame: most sockets never send one).
 pub struct TypingGate {
-    tokens: f64,
-    at: Option<Instant>,
+    rate: TokenBucket,
     /// Peer, whether they share a conversation with the user, and until when that holds.
     peers: Vec<(Box<str>, bool, Instant)>,
+}
+
+impl Default for TypingGate {
+    fn default() -> Self {
+        Self {
+            rate: TokenBucket::new(TYPING_PER_SEC, TYPING_BURST),
+            peers: Vec::new(),
+        }
+    }
 }
 
 /// Typing frames forwarded per second per socket, and the burst allowed: a client sends one
@@ -201,16 +208,7 @@ const CHECK_WITHIN: Duration = Duration::from_secs(1);
 
 impl TypingGate {
     fn take(&mut self, now: Instant) -> bool {
-        let refill = self.at.map_or(TYPING_BURST, |at| {
-            now.duration_since(at).as_secs_f64() * TYPING_PER_SEC
-        });
-        self.tokens = (self.tokens + refill).min(TYPING_BURST);
-        self.at = Some(now);
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
+        self.rate.take(now)
     }
 
     /// Whether `me` and `to` share a conversation: remembered, or asked of chat-service with

@@ -24,6 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use crate::{
     AppState,
+    bucket::TokenBucket,
     catchup::{MessageId, PAGE, RecentIds},
     hub::{Registration, Slot},
     outbox::{Next, Queued},
@@ -53,9 +54,9 @@ fn closing(verdict: &Next) -> Message {
 /// Sub-protocol a client may offer next to its token (`Sec-WebSocket-Protocol: bearer, <jwt>`).
 const BEARER_PROTOCOL: &str = "bearer";
 
-/// `GET /?token=<JWT>[&last_id=<_id>][&events=read,typing]` with an upgrade. The token may also come as `Authorization: Bearer` or as a
-/// `Sec-WebSocket-Protocol` value next to `bearer` (the only protocol ever selected: a token is
-/// never echoed in a response header). A missing or bad token is closed at once with code 4001;
+/// `GET /?token=<JWT>[&last_id=<_id>][&events=read,typing]` with an upgrade. The token may also
+/// come as `Authorization: Bearer` or as a `Sec-WebSocket-Protocol` value next to `bearer` (the
+/// only protocol ever selected: a token is never echoed in a response header). A missing or bad token is closed at once with code 4001;
 /// a replica holding `WS_MAX_SOCKETS` answers 503. Without an `Upgrade` header, the web client.
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -324,8 +325,11 @@ where
     // Each ping carries a fresh number; only a pong that echoes it proves the client reads (a
     // client that sends but never reads cannot answer, and is dropped after two intervals).
     let mut ping_nonce = 0u64;
-    let mut frames = FrameBudget::new(state.config.max_frames_per_sec);
-    let mut typing = TypingGate::default();
+    // Incoming frames: `WS_MAX_FRAMES_PER_SEC`, bursts of twice that.
+    let per_sec = f64::from(state.config.max_frames_per_sec.max(1));
+    let mut frames = TokenBucket::new(per_sec, per_sec * 2.0);
+    // On the heap once the client sends a typing frame: idle sockets, the many, carry a pointer.
+    let mut typing: Option<Box<TypingGate>> = None;
     let expiry = tokio::time::sleep(Duration::from_secs(
         session.expires_at.saturating_sub(now_secs()),
     ));
@@ -399,7 +403,7 @@ where
             () = &mut expiry => break Some(close(CLOSE_UNAUTHORIZED, "Token expired")),
             _ = shutdown.changed() => break Some(close(CLOSE_GOING_AWAY, "Server shutting down")),
             incoming = writer.socket.next() => {
-                if !frames.take() {
+                if !frames.take(std::time::Instant::now()) {
                     state.hub.flooding();
                     break Some(close(CLOSE_POLICY, "Too many frames"));
                 }
@@ -411,10 +415,10 @@ where
                         }
                     }
                     Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                        let answer = Box::pin(client_frame(message, &mut typing, reg, session, state)).await;
-                        if let Some(error) = answer
-                            && let Err(stop) = writer.frame(None, error.into()).await
-                        {
+                        // Boxed: its state (a check through chat-service, an error frame's
+                        // write) lives on the heap only while it runs, not in every idle socket.
+                        let answered = answer(message, &mut typing, &mut writer, reg, session, state);
+                        if let Err(stop) = Box::pin(answered).await {
                             break stop;
                         }
                     }
@@ -426,10 +430,28 @@ where
     }
 }
 
+/// Acts on a client's data frame, answering with an error frame what it cannot act on.
+async fn answer<S>(
+    message: Message,
+    typing: &mut Option<Box<TypingGate>>,
+    writer: &mut Writer<'_, S>,
+    reg: &Registration,
+    session: &Session,
+    state: &AppState,
+) -> Result<(), Stop>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    match client_frame(message, typing, reg, session, state).await {
+        Some(error) => writer.frame(None, error.into()).await,
+        None => Ok(()),
+    }
+}
+
 /// Acts on a client's data frame; `Some` error frame to answer it with.
 async fn client_frame(
     message: Message,
-    typing: &mut TypingGate,
+    typing: &mut Option<Box<TypingGate>>,
     reg: &Registration,
     session: &Session,
     state: &AppState,
@@ -441,6 +463,7 @@ async fn client_frame(
     match parsed {
         Ok(ClientFrame::Typing { to }) => {
             let outcome = typing
+                .get_or_insert_with(Box::default)
                 .typing(
                     &state.chat,
                     &state.signals,
@@ -458,37 +481,6 @@ async fn client_frame(
             state.hub.client_error();
             Some(chat_common::event::error_frame(message))
         }
-    }
-}
-
-/// A token bucket of incoming frames: `per_sec` refilled each second, bursts of twice that.
-struct FrameBudget {
-    per_sec: f64,
-    tokens: f64,
-    at: tokio::time::Instant,
-}
-
-impl FrameBudget {
-    fn new(per_sec: u32) -> Self {
-        let per_sec = f64::from(per_sec.max(1));
-        Self {
-            per_sec,
-            tokens: per_sec * 2.0,
-            at: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Takes one frame's token; `false` when the client sends faster than allowed.
-    fn take(&mut self) -> bool {
-        let now = tokio::time::Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * self.per_sec;
-        self.tokens = (self.tokens + refill).min(self.per_sec * 2.0);
-        self.at = now;
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
     }
 }
 

@@ -184,22 +184,25 @@ impl Services {
         body["data"]["_id"].as_str().unwrap().to_owned()
     }
 
-    async fn connect(
-        &self,
-        token: &str,
-        last_id: Option<&str>,
-    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
-    {
-        let url = match last_id {
-            Some(id) => format!("ws://{}/?token={token}&last_id={id}", self.websocket),
-            None => format!("ws://{}/?token={token}", self.websocket),
-        };
+    async fn connect(&self, token: &str, last_id: Option<&str>) -> Socket {
+        let query = last_id
+            .map(|id| format!("last_id={id}"))
+            .unwrap_or_default();
+        self.connect_with(token, &query).await
+    }
+
+    /// A socket of `token`'s user with `query` (such as `events=read,typing`) after its token.
+    async fn connect_with(&self, token: &str, query: &str) -> Socket {
+        let url = format!("ws://{}/?token={token}&{query}", self.websocket);
         let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         // Sockets register right after the upgrade.
         tokio::time::sleep(Duration::from_millis(100)).await;
         socket
     }
 }
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The contents of the message frames that arrive until the socket has been quiet for 500 ms.
 async fn drain<S>(socket: &mut S) -> Vec<String>
@@ -464,18 +467,7 @@ async fn shutdown_closes_every_socket_with_1001() {
     assert_eq!(close_code(&mut b).await, Some(1001));
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 impl Services {
-    /// A socket of `token`'s user with `query` (such as `events=read,typing`) after its token.
-    async fn connect_with(&self, token: &str, query: &str) -> Socket {
-        let url = format!("ws://{}/?token={token}&{query}", self.websocket);
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        socket
-    }
-
     /// `POST /chat/read` as `token`'s user; the status.
     async fn mark_read(&self, token: &str, peer: &str, up_to: &str) -> u16 {
         reqwest::Client::new()

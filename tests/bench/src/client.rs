@@ -129,6 +129,19 @@ pub async fn send(
     Ok(r.status().as_u16())
 }
 
+/// `GET url` with `token`: how long it took, and its JSON answer (which must be a 200).
+pub async fn timed_get(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<(Duration, Value)> {
+    let started = std::time::Instant::now();
+    let r = http.get(url).bearer_auth(token).send().await?;
+    anyhow::ensure!(r.status() == 200, "{url} answered {}", r.status());
+    let body: Value = r.json().await?;
+    Ok((started.elapsed(), body))
+}
+
 /// Sends `count` messages, `message(i)` giving message `i`'s sender, recipient and content,
 /// `parallel` in flight, with a progress bar labelled `label`; fails unless every one is stored.
 pub async fn send_all<'a>(

@@ -4,9 +4,7 @@
 //! count on it, the first page again (counts known), a page deep in the list (by cursor), and
 //! the first page right after a new message (one count again).
 
-use std::time::{Duration, Instant};
-
-use serde_json::Value;
+use std::time::Instant;
 
 use crate::{
     client::{self, Target},
@@ -30,14 +28,6 @@ pub struct Args {
     /// Sends in flight while seeding.
     #[arg(long, default_value_t = 32)]
     pub parallel: usize,
-}
-
-async fn page(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<(Duration, Value)> {
-    let started = Instant::now();
-    let r = http.get(url).bearer_auth(token).send().await?;
-    anyhow::ensure!(r.status() == 200, "conversations answered {}", r.status());
-    let body: Value = r.json().await?;
-    Ok((started.elapsed(), body))
 }
 
 pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<Report> {
@@ -72,13 +62,14 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
     let seeded_in = seeding.elapsed();
 
     let base = format!("{}/chat/conversations?limit={}", target.chat, args.limit);
-    let (first_look, first) = page(&http, &base, &owner.token).await?;
+    let (first_look, first) = client::timed_get(&http, &base, &owner.token).await?;
     let listed = first["data"].as_array().map_or(0, Vec::len);
     anyhow::ensure!(listed == args.limit, "a short first page: {listed}");
     // A cursor half-way down the list: walk there page by page.
     let mut cursor = first["next"].as_str().unwrap_or_default().to_owned();
     for _ in 1..(args.conversations / args.limit / 2) {
-        let (_, next) = page(&http, &format!("{base}&before={cursor}"), &owner.token).await?;
+        let (_, next) =
+            client::timed_get(&http, &format!("{base}&before={cursor}"), &owner.token).await?;
         next["next"]
             .as_str()
             .unwrap_or_default()
@@ -90,13 +81,13 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
         (Latency::default(), Latency::default(), Latency::default());
     let bar = client::progress(args.queries as u64 * 3, "queries", as_json);
     for q in 0..args.queries {
-        let (d, body) = page(&http, &base, &owner.token).await?;
+        let (d, body) = client::timed_get(&http, &base, &owner.token).await?;
         anyhow::ensure!(
             body["data"].as_array().map(Vec::len) == Some(args.limit),
             "short first page"
         );
         warm.record(d);
-        let (d, body) = page(&http, &deep_url, &owner.token).await?;
+        let (d, body) = client::timed_get(&http, &deep_url, &owner.token).await?;
         anyhow::ensure!(
             body["data"].as_array().is_some_and(|p| !p.is_empty()),
             "empty deep page"
@@ -106,7 +97,7 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
         let peer = &users[q % users.len()];
         let status = client::send(&http, target, peer, &owner.name, "new").await?;
         anyhow::ensure!(status == 201, "send answered {status}");
-        let (d, body) = page(&http, &base, &owner.token).await?;
+        let (d, body) = client::timed_get(&http, &base, &owner.token).await?;
         anyhow::ensure!(
             body["data"][0]["peer"].as_str() == Some(peer.name.as_str()),
             "the new message's conversation comes first"

@@ -1,10 +1,6 @@
 //! `history`: seeds one conversation with N messages through the API, then measures the
 //! latest-page query and the `after` catch-up query.
 
-use std::time::Instant;
-
-use serde_json::Value;
-
 use crate::{
     client::{self, Target},
     report::{Latency, Report},
@@ -24,18 +20,6 @@ pub struct Args {
     /// Sends in flight while seeding.
     #[arg(long, default_value_t = 32)]
     pub parallel: usize,
-}
-
-async fn timed_get(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-) -> anyhow::Result<(std::time::Duration, Value)> {
-    let started = Instant::now();
-    let r = http.get(url).bearer_auth(token).send().await?;
-    anyhow::ensure!(r.status() == 200, "history answered {}", r.status());
-    let body: Value = r.json().await?;
-    Ok((started.elapsed(), body))
 }
 
 pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<Report> {
@@ -67,7 +51,7 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
         "{}/chat/history?user1={}&user2={}&limit={}",
         target.chat, a.name, b.name, args.limit
     );
-    let (_, page) = timed_get(&http, &latest_url, &a.token).await?;
+    let (_, page) = client::timed_get(&http, &latest_url, &a.token).await?;
     let anchor = page["data"][0]["_id"]
         .as_str()
         .unwrap_or_default()
@@ -77,13 +61,13 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
     let mut after = Latency::default();
     let bar = client::progress(args.queries as u64 * 2, "queries", as_json);
     for _ in 0..args.queries {
-        let (d, body) = timed_get(&http, &latest_url, &a.token).await?;
+        let (d, body) = client::timed_get(&http, &latest_url, &a.token).await?;
         anyhow::ensure!(
             body["data"].as_array().map(Vec::len) == Some(args.limit),
             "short latest page"
         );
         latest.record(d);
-        let (d, _) = timed_get(&http, &after_url, &b.token).await?;
+        let (d, _) = client::timed_get(&http, &after_url, &b.token).await?;
         after.record(d);
         bar.inc(2);
     }

@@ -150,6 +150,65 @@ impl SummaryDoc {
 const MIGRATIONS: &str = "migrations";
 const CONVERSATIONS_SINCE: &str = "conversations";
 
+/// What a write changes in one user's summary of one conversation.
+#[derive(Debug, Default)]
+struct SummaryWrite {
+    last: Option<ObjectId>,
+    last_in: Option<ObjectId>,
+    incoming: i64,
+    read: Option<ObjectId>,
+}
+
+/// The summary writes of a batch of messages (a send's, or the backfill's), per user and peer.
+#[derive(Debug, Default)]
+struct SummaryWrites<'a>(std::collections::HashMap<(&'a str, &'a str), SummaryWrite>);
+
+impl<'a> SummaryWrites<'a> {
+    /// Message `id` from `sender` to `recipient`, in both users' summaries (once in a note to
+    /// oneself's).
+    fn message(&mut self, sender: &'a str, recipient: &'a str, id: ObjectId) {
+        let mine = self.0.entry((sender, recipient)).or_default();
+        mine.last = mine.last.max(Some(id));
+        if sender != recipient {
+            let theirs = self.0.entry((recipient, sender)).or_default();
+            theirs.last = theirs.last.max(Some(id));
+            theirs.last_in = theirs.last_in.max(Some(id));
+            theirs.incoming += 1;
+        }
+    }
+
+    /// `owner` has read their conversation with `peer` up to `id`.
+    fn read(&mut self, owner: &'a str, peer: &'a str, id: ObjectId) {
+        let s = self.0.entry((owner, peer)).or_default();
+        s.read = s.read.max(Some(id));
+    }
+
+    /// One upsert statement per summary: `$max` of the ids (idempotent, order-free) and `$inc`
+    /// of `incoming`.
+    fn statements(self) -> Vec<Document> {
+        self.0
+            .into_iter()
+            .map(|((owner, peer), w)| {
+                let mut max = Document::new();
+                for (field, id) in [
+                    ("lastId", w.last),
+                    ("lastIn", w.last_in),
+                    ("readUpTo", w.read),
+                ] {
+                    if let Some(id) = id {
+                        max.insert(field, id);
+                    }
+                }
+                let mut update = doc! { "$max": max };
+                if w.incoming > 0 {
+                    update.insert("$inc", doc! { "incoming": w.incoming });
+                }
+                doc! { "q": { "owner": owner, "peer": peer }, "u": update, "upsert": true }
+            })
+            .collect()
+    }
+}
+
 /// The summaries' unique index: one summary per user and peer.
 fn owner_peer_index() -> IndexModel {
     IndexModel::builder()
@@ -326,44 +385,17 @@ impl MongoMessageStore {
         Ok(())
     }
 
-    /// Writes the summaries of `messages`' conversations: for each user and peer, the newest
-    /// message and the newest from the peer (`$max`: idempotent, order-free).
+    /// Writes the summaries of `messages`' conversations (see [`SummaryWrites`]).
     async fn record_conversations(&self, messages: &[&Message]) -> Result<(), StoreError> {
-        use std::collections::HashMap;
         if messages.is_empty() {
             return Ok(());
         }
         self.summaries_ready().await?;
-        // Per user and peer: the newest message, the newest from the peer, how many from them.
-        let mut newest: HashMap<(&str, &str), (ObjectId, Option<ObjectId>, i64)> = HashMap::new();
-        let mut note = |owner, peer, id: ObjectId, incoming: bool| {
-            let entry = newest.entry((owner, peer)).or_insert((id, None, 0));
-            entry.0 = entry.0.max(id);
-            if incoming {
-                entry.1 = entry.1.max(Some(id));
-                entry.2 += 1;
-            }
-        };
+        let mut writes = SummaryWrites::default();
         for m in messages {
-            note(&m.sender, &m.recipient, m.id, false);
-            if m.sender != m.recipient {
-                note(&m.recipient, &m.sender, m.id, true);
-            }
+            writes.message(&m.sender, &m.recipient, m.id);
         }
-        let updates = newest
-            .into_iter()
-            .map(|((owner, peer), (last, last_in, incoming))| {
-                let mut max = doc! { "lastId": last };
-                let mut update = Document::new();
-                if let Some(last_in) = last_in {
-                    max.insert("lastIn", last_in);
-                    update.insert("$inc", doc! { "incoming": incoming });
-                }
-                update.insert("$max", max);
-                doc! { "q": { "owner": owner, "peer": peer }, "u": update, "upsert": true }
-            })
-            .collect();
-        self.update_summaries(updates).await
+        self.update_summaries(writes.statements()).await
     }
 
     /// Counts what `s.owner` has not read from `s.peer`, and keeps the count in the summary.
@@ -475,21 +507,18 @@ impl MongoMessageStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let started = std::time::Instant::now();
         let shown = tracing::enabled!(tracing::Level::TRACE).then(|| filter.to_string());
-        let found = self
-            .timed(async move {
-                let mut cursor = messages
+        let found: Vec<Message> = self
+            .collect(
+                messages
                     .find(filter)
                     .sort(sort)
                     .limit(limit)
-                    .batch_size(batch)
-                    .await?;
-                let mut out = Vec::new();
-                while cursor.advance().await? {
-                    out.push(Message::from(cursor.deserialize_current()?));
-                }
-                Ok(out)
-            })
-            .await?;
+                    .batch_size(batch),
+            )
+            .await?
+            .into_iter()
+            .map(Message::from)
+            .collect();
         if let Some(filter) = shown {
             tracing::trace!(%filter, found = found.len(), elapsed = ?started.elapsed(), "history range scan");
         }
@@ -641,18 +670,12 @@ impl MessageStore for MongoMessageStore {
         let messages = &self.messages;
         let now = DateTime::from_millis(now_ms);
         let due: Vec<MessageDoc> = self
-            .timed(async move {
-                let mut cursor = messages
+            .collect(
+                messages
                     .find(doc! { "outbox": { "$lte": now } })
                     .sort(doc! { "outbox": 1 })
-                    .limit(limit)
-                    .await?;
-                let mut out = Vec::new();
-                while cursor.advance().await? {
-                    out.push(cursor.deserialize_current()?);
-                }
-                Ok(out)
-            })
+                    .limit(limit),
+            )
             .await?;
         // Each lease is taken only if nobody took it since the read: of replicas sweeping at
         // once, one wins each message.
@@ -768,18 +791,17 @@ impl MessageStore for MongoMessageStore {
         self.summaries_ready().await?;
         let update = doc! { "$max": { "readUpTo": up_to, "lastId": up_to } };
         let filter = doc! { "owner": owner, "peer": peer };
-        let before = loop {
-            let call = self
-                .conversations
+        let call = || {
+            self.conversations
                 .find_one_and_update(filter.clone(), update.clone())
                 .upsert(true)
-                .return_document(mongodb::options::ReturnDocument::Before);
-            match mongo::timed(self.op_timeout, call).await {
-                Ok(before) => break before,
-                // Another request created the summary first: update theirs.
-                Err(mongo::CallError::DuplicateKey) => {}
-                Err(mongo::CallError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
-            }
+                .return_document(mongodb::options::ReturnDocument::Before)
+        };
+        let before = match mongo::timed(self.op_timeout, call()).await {
+            Ok(before) => before,
+            // Another request created the summary first: this one then updates it.
+            Err(mongo::CallError::DuplicateKey) => self.timed(call()).await?,
+            Err(mongo::CallError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
         };
         let moved = before
             .and_then(|s| s.read_up_to)
@@ -845,35 +867,16 @@ impl MessageStore for MongoMessageStore {
         .await?;
         // Per user and peer: the newest message either way, the newest from the peer, and the
         // newest from the peer before `since` (read).
-        let mut summaries: HashMap<(&str, &str), (ObjectId, Option<ObjectId>, Option<ObjectId>)> =
-            HashMap::new();
-        for ((sender, recipient), (id, old)) in &newest {
-            let mine = summaries
-                .entry((sender, recipient))
-                .or_insert((*id, None, None));
-            mine.0 = mine.0.max(*id);
-            if sender != recipient {
-                let theirs = summaries
-                    .entry((recipient, sender))
-                    .or_insert((*id, None, None));
-                theirs.0 = theirs.0.max(*id);
-                theirs.1 = theirs.1.max(Some(*id));
-                theirs.2 = theirs.2.max(*old);
+        let mut writes = SummaryWrites::default();
+        for ((sender, recipient), (newest, old)) in &newest {
+            writes.message(sender, recipient, *newest);
+            if let Some(old) = old
+                && sender != recipient
+            {
+                writes.read(recipient, sender, *old);
             }
         }
-        let updates: Vec<Document> = summaries
-            .iter()
-            .map(|((owner, peer), (last, last_in, read))| {
-                let mut max = doc! { "lastId": last };
-                if let Some(last_in) = last_in {
-                    max.insert("lastIn", last_in);
-                }
-                if let Some(read) = read {
-                    max.insert("readUpTo", read);
-                }
-                doc! { "q": { "owner": owner, "peer": peer }, "u": { "$max": max }, "upsert": true }
-            })
-            .collect();
+        let updates = writes.statements();
         report.summaries = u64::try_from(updates.len()).unwrap_or(u64::MAX);
         for chunk in updates.chunks(1000) {
             self.update_summaries(chunk.to_vec()).await?;
