@@ -312,9 +312,6 @@ async fn read_and_typing_events_cross_replicas_through_the_exchange() {
     let stack = Stack::start(2).await;
     let (_, ta) = stack.user("alice").await;
     let (_, tb) = stack.user("bob").await;
-    let (status, sent) = stack.send(&ta, "bob", "hello").await;
-    assert_eq!(status, 201, "{sent}");
-    let id = sent["data"]["_id"].as_str().unwrap().to_owned();
     let events = |replica: usize, token: &str| {
         let url = format!(
             "ws://{}/?token={token}&events=read,typing",
@@ -326,6 +323,22 @@ async fn read_and_typing_events_cross_replicas_through_the_exchange() {
     let mut bob = events(1, &tb).await;
     let mut bob_plain = stack.connect(0, &tb).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Sent once every socket is registered, so each one gets it live, first. (Sent before they
+    // connect, it could still reach a socket: a replica's consumer may hand it over late, or a
+    // catch-up after an interruption may read it from the store.)
+    let (status, sent) = stack.send(&ta, "bob", "hello").await;
+    assert_eq!(status, 201, "{sent}");
+    let id = sent["data"]["_id"].as_str().unwrap().to_owned();
+    for (who, socket) in [
+        ("alice", &mut alice),
+        ("bob", &mut bob),
+        ("bob_plain", &mut bob_plain),
+    ] {
+        let frame = socket.next_json(WAIT).await;
+        let frame = frame.unwrap_or_else(|| panic!("the message on {who}'s socket"));
+        assert_eq!(frame["type"], "new_message", "{who}: {frame}");
+        assert_eq!(frame["_id"], json!(id), "{who}: {frame}");
+    }
 
     bob.ws
         .send(tokio_tungstenite::tungstenite::Message::text(

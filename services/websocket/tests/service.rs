@@ -520,11 +520,23 @@ async fn read_and_typing_frames_reach_only_the_sockets_that_asked_for_them() {
     let services = start().await;
     let alice = services.user("alice").await;
     let bob = services.user("bob").await;
-    let first = services.send(&alice, "bob", "hello").await;
     let mut bob_plain = services.connect(&bob, None).await;
     let mut bob_app = services.connect_with(&bob, "events=read,typing").await;
     let mut alice_read = services.connect_with(&alice, "events=read").await;
     let mut alice_typing = services.connect_with(&alice, "events=typing").await;
+    // Sent once the sockets are registered, so that each one gets it now and only now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = services.send(&alice, "bob", "hello").await;
+    for socket in [
+        &mut bob_plain,
+        &mut bob_app,
+        &mut alice_read,
+        &mut alice_typing,
+    ] {
+        let got = frames(socket).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["_id"], json!(first), "{got:?}");
+    }
 
     send_frame(&mut alice_typing, typing_to("bob")).await;
     assert_eq!(
