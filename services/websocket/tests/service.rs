@@ -524,8 +524,7 @@ async fn read_and_typing_frames_reach_only_the_sockets_that_asked_for_them() {
     let mut bob_app = services.connect_with(&bob, "events=read,typing").await;
     let mut alice_read = services.connect_with(&alice, "events=read").await;
     let mut alice_typing = services.connect_with(&alice, "events=typing").await;
-    // Sent once the sockets are registered, so that each one gets it now and only now.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Sent once the sockets are registered (`connect_with` waits), so each one gets it live.
     let first = services.send(&alice, "bob", "hello").await;
     for socket in [
         &mut bob_plain,
