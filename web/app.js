@@ -93,7 +93,6 @@ const el = {
   messageList: $('message-list'),
   composerForm: document.getElementById('composer-form'),
   composer: $('composer'),
-  send: $('send'),
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -228,6 +227,8 @@ function signOut(reason) {
   state.conversations.clear();
   state.seen.clear();
   state.typingUntil.clear();
+  for (const timer of state.typingTimers.values()) clearTimeout(timer);
+  state.typingTimers.clear();
   state.drafts.clear();
   el.composer.value = '';
   el.list.replaceChildren();
@@ -609,11 +610,11 @@ function renderTyping() {
 // WebSocket: live messages, read marks and typing, reconnecting with backoff.
 // ---------------------------------------------------------------------------------------------
 
-function setStatus(stateName, text) {
+function setStatus(stateName) {
   const labels = { connecting: 'Connecting…', connected: 'Connected', reconnecting: 'Reconnecting…',
     disconnected: 'Disconnected', 'signed-out': '' };
   el.status.dataset.state = stateName;
-  el.status.querySelector('.status-text').textContent = text ?? labels[stateName] ?? stateName;
+  el.status.querySelector('.status-text').textContent = labels[stateName];
 }
 
 function connectSocket() {

@@ -5,8 +5,8 @@
 //   WEB_URL=http://127.0.0.1:5003/ node tests/browser/chat.mjs
 //
 // Environment: WEB_URL (the page), AUTH_URL / CHAT_URL / WS_URL (optional: passed to the page as
-// ?auth= &chat= &ws=), CHROMIUM (default /usr/bin/chromium), SCREENSHOT (optional: a PNG of
-// alice's conversation at the end), PLAYWRIGHT_DIR (a folder whose node_modules holds
+// ?auth= &chat= &ws=), TEST_CHROMIUM (default /usr/bin/chromium), SCREENSHOT (optional: a PNG of
+// alice's conversation at the end), TEST_BROWSER_DIR (a folder whose node_modules holds
 // playwright-core, as ensure_browser in tests/servers.sh installs it).
 import { createRequire } from 'node:module';
 import { randomBytes } from 'node:crypto';
@@ -17,7 +17,7 @@ const TOTAL_MS = 60_000;  // the whole run
 const started = Date.now();
 
 async function loadPlaywright() {
-  const dir = process.env.PLAYWRIGHT_DIR || process.env.TEST_BROWSER_DIR;
+  const dir = process.env.TEST_BROWSER_DIR;
   if (dir) {
     try {
       return createRequire(path.join(path.resolve(dir), 'package.json'))('playwright-core');
@@ -123,9 +123,10 @@ async function main() {
   const bob = `bob_${suffix}`;
   const password = 'correct horse battery';
 
-  await step(`launch ${process.env.CHROMIUM || '/usr/bin/chromium'}`, async () => {
+  const executable = process.env.TEST_CHROMIUM || '/usr/bin/chromium';
+  await step(`launch ${executable}`, async () => {
     browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM || process.env.TEST_CHROMIUM || '/usr/bin/chromium',
+      executablePath: executable,
       headless: true,
       timeout: WAIT_MS,
       args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -286,8 +287,9 @@ async function main() {
   // More than a page of history: bob's client (the API, as any client would) sends 60 more.
   const burst = Array.from({ length: 60 }, (_, i) => `Message ${i + 1} of a long day`);
   await step('bob sends 60 more through the API: alice sees them live', async () => {
-    const authUrl = new URL(pageUrl()).searchParams.get('auth') || new URL(pageUrl()).origin.replace(/:\d+$/, ':5001');
-    const chatUrl = new URL(pageUrl()).searchParams.get('chat') || new URL(pageUrl()).origin.replace(/:\d+$/, ':5002');
+    const page = new URL(pageUrl());
+    const authUrl = page.searchParams.get('auth') || page.origin.replace(/:\d+$/, ':5001');
+    const chatUrl = page.searchParams.get('chat') || page.origin.replace(/:\d+$/, ':5002');
     const login = await fetch(`${authUrl}/auth/login`, {
       method: 'POST', headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ username: bob, password }),

@@ -255,6 +255,24 @@ impl Stack {
     pub async fn connect(&self, replica: usize, token: &str) -> Client {
         Client::connect(&format!("ws://{}/?token={token}", self.ws[replica].addr)).await
     }
+
+    /// Connects to replica `replica` with `?token=&{query}` (such as `events=read,typing`), then
+    /// waits until the replica has registered the socket (its `ws_open_sockets` grew): an event
+    /// published from then on reaches it. Sockets of one test connect one after another.
+    pub async fn connect_registered(&self, replica: usize, token: &str, query: &str) -> Client {
+        let addr = self.ws[replica].addr;
+        let open = metric(&self.metrics(addr).await, "ws_open_sockets");
+        let client = Client::connect(&format!("ws://{addr}/?token={token}&{query}")).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while metric(&self.metrics(addr).await, "ws_open_sockets") <= open {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {replica} did not register the socket within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        client
+    }
 }
 
 /// `field` of every message of a history answer (`{"data": [...]}`), in order.
@@ -345,7 +363,7 @@ impl Client {
 
 /// Publishes raw payloads straight to `exchange` (as chat-service would), confirmed.
 pub async fn publish_raw(exchange: &str, payloads: impl IntoIterator<Item = Vec<u8>>) {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::options::ConfirmSelectOptions;
     let conn = chat_common::amqp::connect(&testing::rabbitmq_url(), "e2e-publisher")
         .await
         .unwrap();
@@ -360,14 +378,7 @@ pub async fn publish_raw(exchange: &str, payloads: impl IntoIterator<Item = Vec<
     let mut confirms = Vec::new();
     for p in payloads {
         confirms.push(
-            channel
-                .basic_publish(
-                    exchange.to_owned().into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    &p,
-                    lapin::BasicProperties::default(),
-                )
+            chat_common::amqp::publish_event(&channel, exchange, &p)
                 .await
                 .unwrap(),
         );

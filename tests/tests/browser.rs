@@ -33,21 +33,22 @@ async fn two_people_chat_through_the_web_client_in_chromium() {
     // The page at the stack's websocket port, told where auth and chat are (ephemeral ports).
     let screenshot = std::env::var("SCREENSHOT")
         .unwrap_or_else(|_| data.path().join("conversation.png").display().to_string());
-    let mut command = std::process::Command::new("node");
-    command
+    // The script reads TEST_BROWSER_DIR and TEST_CHROMIUM as this test does.
+    let run = tokio::process::Command::new("node")
         .arg(root.join("tests/browser/chat.mjs"))
         .env("WEB_URL", format!("http://{}/", a.websocket))
         .env("AUTH_URL", format!("http://{}", a.auth))
         .env("CHAT_URL", format!("http://{}", a.chat))
         .env("WS_URL", format!("ws://{}", a.websocket))
-        .env("CHROMIUM", &chromium)
-        .env("PLAYWRIGHT_DIR", &playwright)
-        .env("SCREENSHOT", &screenshot);
-    let run = tokio::task::spawn_blocking(move || command.output());
+        .env("TEST_BROWSER_DIR", &playwright)
+        .env("TEST_CHROMIUM", &chromium)
+        .env("SCREENSHOT", &screenshot)
+        // Past the backstop, node and its Chromium go with the test.
+        .kill_on_drop(true)
+        .output();
     let output = tokio::time::timeout(WITHIN, run)
         .await
         .expect("the browser run ends within its bound")
-        .unwrap()
         .expect("node runs (Node.js is needed for the browser test)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -312,17 +312,9 @@ async fn read_and_typing_events_cross_replicas_through_the_exchange() {
     let stack = Stack::start(2).await;
     let (_, ta) = stack.user("alice").await;
     let (_, tb) = stack.user("bob").await;
-    let events = |replica: usize, token: &str| {
-        let url = format!(
-            "ws://{}/?token={token}&events=read,typing",
-            stack.ws[replica].addr
-        );
-        async move { Client::connect(&url).await }
-    };
-    let mut alice = events(0, &ta).await;
-    let mut bob = events(1, &tb).await;
-    let mut bob_plain = stack.connect(0, &tb).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut alice = stack.connect_registered(0, &ta, "events=read,typing").await;
+    let mut bob = stack.connect_registered(1, &tb, "events=read,typing").await;
+    let mut bob_plain = stack.connect_registered(0, &tb, "").await;
     // Sent once every socket is registered, so each one gets it live, first. (Sent before they
     // connect, it could still reach a socket: a replica's consumer may hand it over late, or a
     // catch-up after an interruption may read it from the store.)

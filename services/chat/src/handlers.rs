@@ -5,7 +5,7 @@ use axum::{
 };
 use bson::oid::ObjectId;
 use chat_common::{
-    event::{READ, ReadReceipt, signal_bytes},
+    event::{AnyEvent, ReadReceipt},
     http::{Json, Query, readiness},
     jwt::AuthUser,
     time::now_millis,
@@ -142,15 +142,9 @@ pub async fn send(
         timestamp_ms: now_millis(),
         idempotency_key: key,
     };
-    match state.writer.write(&message).await? {
-        Inserted::Stored => {}
-        Inserted::StoredUnlisted => {
-            // Stored, acknowledged; its conversation summaries and its event are the outbox's
-            // to finish (it writes the one before publishing the other).
-            state.metrics.messages.inc();
-            state.outbox.defer();
-            return Ok(sent(StatusCode::CREATED, &message));
-        }
+    let listed = match state.writer.write(&message).await? {
+        Inserted::Stored => true,
+        Inserted::StoredUnlisted => false,
         Inserted::DuplicateKey => {
             // The same key raced in from another request, which stored first.
             let key = message.idempotency_key.as_deref().unwrap_or_default();
@@ -163,11 +157,17 @@ pub async fn send(
                 })?;
             return replay(&original, &message.recipient, &message.content);
         }
-    }
+    };
     state.metrics.messages.inc();
     // The message is stored, marked unpublished: from here on the send succeeds whatever the
     // broker does, and the outbox publishes it until the broker confirms.
-    let _ = state.outbox.publish(&message).await;
+    if listed {
+        let _ = state.outbox.publish(&message).await;
+    } else {
+        // Its conversation summaries and its event are the outbox's to finish (it writes the
+        // one before publishing the other).
+        state.outbox.defer();
+    }
     Ok(sent(StatusCode::CREATED, &message))
 }
 
@@ -402,7 +402,7 @@ pub async fn read(
             // `/chat/conversations`), so a receipt the broker missed costs a tick, never state.
             // Published off the request: a broker slow to confirm never delays the answer.
             let outbox = state.outbox.clone();
-            tokio::spawn(async move { outbox.notify(signal_bytes(READ, &receipt)).await });
+            tokio::spawn(async move { outbox.notify(AnyEvent::Read(receipt).to_bytes()).await });
             Ok(StatusCode::NO_CONTENT)
         }
     }

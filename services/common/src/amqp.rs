@@ -1,7 +1,8 @@
 //! RabbitMQ: the connection and the exchange, as the original declared it (feature `amqp`).
 
 use lapin::{
-    Channel, Connection, ConnectionProperties, ExchangeKind, options::ExchangeDeclareOptions,
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
+    options::{BasicPublishOptions, ExchangeDeclareOptions},
     types::FieldTable,
 };
 
@@ -25,6 +26,24 @@ pub async fn declare_exchange(channel: &Channel, exchange: &str) -> lapin::Resul
                 ..ExchangeDeclareOptions::default()
             },
             FieldTable::default(),
+        )
+        .await
+}
+
+/// Publishes one JSON event to the fanout `exchange` (no routing key). On a channel in confirm
+/// mode, the returned confirm resolves once the broker has taken it.
+pub async fn publish_event(
+    channel: &Channel,
+    exchange: &str,
+    payload: &[u8],
+) -> lapin::Result<PublisherConfirm> {
+    channel
+        .basic_publish(
+            exchange.to_owned().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            payload,
+            BasicProperties::default().with_content_type("application/json".into()),
         )
         .await
 }

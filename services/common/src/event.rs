@@ -34,8 +34,8 @@ pub struct Typing {
     pub to: String,
 }
 
-/// Any event on the exchange, routed by its `type`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Any event on the exchange, routed by its `type` (`{"type": ..., "data": {...}}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum AnyEvent {
     #[serde(rename = "new_message")]
@@ -46,10 +46,11 @@ pub enum AnyEvent {
     Typing(Typing),
 }
 
-/// The exchange payload of a `read` or `typing` event.
-pub fn signal_bytes(kind: &str, data: &impl Serialize) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "type": kind, "data": data }))
-        .expect("an event always serialises")
+impl AnyEvent {
+    /// The JSON bytes published to the exchange.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event always serialises")
+    }
 }
 
 /// A stored chat message as JSON: `_id` a hex ObjectId, `timestamp` RFC 3339 UTC with
@@ -160,7 +161,7 @@ mod tests {
             peer: "alice".into(),
             up_to: "65b9f0c2a1b2c3d4e5f60718".into(),
         };
-        let bytes = signal_bytes(READ, &read);
+        let bytes = AnyEvent::Read(read.clone()).to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(
             v,
@@ -182,7 +183,8 @@ mod tests {
             to: "alice".into(),
         };
         assert_eq!(
-            serde_json::from_slice::<AnyEvent>(&signal_bytes(TYPING, &typing)).unwrap(),
+            serde_json::from_slice::<AnyEvent>(&AnyEvent::Typing(typing.clone()).to_bytes())
+                .unwrap(),
             AnyEvent::Typing(typing.clone())
         );
         assert_eq!(typing_frame(&typing), r#"{"type":"typing","from":"bob"}"#);

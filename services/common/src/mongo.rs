@@ -15,7 +15,8 @@ use crate::{
     config::{Acknowledgment, Durability},
 };
 
-const DUPLICATE_KEY: i32 = 11000;
+/// The server's code for a write refused by a unique index.
+pub const DUPLICATE_KEY: i32 = 11000;
 
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]

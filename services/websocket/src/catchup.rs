@@ -151,17 +151,13 @@ impl ChatClient {
         token: &str,
         after: MessageId,
     ) -> Result<Vec<MessageView>, CatchUpError> {
-        let response = self
-            .http
-            .get(&self.urls.messages)
-            .bearer_auth(token)
-            .query(&[("after", after.to_hex()), ("limit", PAGE.to_string())])
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            return Err(CatchUpError::Status(response.status()));
-        }
-        Ok(response.json::<Page>().await?.data)
+        Self::page(
+            self.http
+                .get(&self.urls.messages)
+                .bearer_auth(token)
+                .query(&[("after", after.to_hex()), ("limit", PAGE.to_string())]),
+        )
+        .await
     }
 
     /// Whether `me` and `peer` have exchanged a message: the newest message of their
@@ -174,22 +170,28 @@ impl ChatClient {
         peer: &str,
         timeout: Duration,
     ) -> Result<bool, CatchUpError> {
-        let response = self
-            .http
-            .get(&self.urls.history)
-            .bearer_auth(token)
-            .query(&[("user1", me), ("user2", peer), ("limit", "1")])
-            .timeout(timeout)
-            .send()
-            .await?;
-        let status = response.status();
-        if status.is_client_error() {
-            return Ok(false);
+        let newest = Self::page(
+            self.http
+                .get(&self.urls.history)
+                .bearer_auth(token)
+                .query(&[("user1", me), ("user2", peer), ("limit", "1")])
+                .timeout(timeout),
+        )
+        .await;
+        match newest {
+            Ok(page) => Ok(!page.is_empty()),
+            Err(CatchUpError::Status(status)) if status.is_client_error() => Ok(false),
+            Err(e) => Err(e),
         }
-        if !status.is_success() {
-            return Err(CatchUpError::Status(status));
+    }
+
+    /// The messages of the page `request` asks chat-service for.
+    async fn page(request: reqwest::RequestBuilder) -> Result<Vec<MessageView>, CatchUpError> {
+        let response = request.send().await?;
+        if !response.status().is_success() {
+            return Err(CatchUpError::Status(response.status()));
         }
-        Ok(!response.json::<Page>().await?.data.is_empty())
+        Ok(response.json::<Page>().await?.data)
     }
 }
 

@@ -355,8 +355,7 @@ impl Hub {
         let build = || serde_json::to_string(&Frame::from(m)).expect("a frame always serialises");
         let mut delivered = 0;
         // The recipient's sockets, then the sender's other devices.
-        let sender_differs = m.sender != m.recipient;
-        for name in std::iter::once(&m.recipient).chain(sender_differs.then_some(&m.sender)) {
+        for name in both(&m.recipient, &m.sender) {
             delivered += self.deliver(name, Delivery::Message(id), &mut frame, &build);
         }
         if delivered > 0 {
@@ -375,8 +374,7 @@ impl Hub {
         let mut frame = None;
         let build = || read_frame(r);
         let mut delivered = 0;
-        let differs = r.reader != r.peer;
-        for name in std::iter::once(&r.peer).chain(differs.then_some(&r.reader)) {
+        for name in both(&r.peer, &r.reader) {
             delivered += self.deliver(name, Delivery::Signal(Events::READ), &mut frame, &build);
         }
         self.delivered(delivered);
@@ -390,4 +388,9 @@ impl Hub {
         });
         self.delivered(delivered);
     }
+}
+
+/// `first`, then `second` unless it is the same user (a note to self).
+fn both<'a>(first: &'a str, second: &'a str) -> impl Iterator<Item = &'a str> {
+    std::iter::once(first).chain((second != first).then_some(second))
 }

@@ -143,15 +143,6 @@ impl Config {
         })
     }
 
-    /// Where typing events go: where events come from.
-    fn signal_bus(&self) -> signals::SignalBus {
-        #[cfg(feature = "amqp")]
-        if self.rabbitmq_url.is_some() {
-            return signals::SignalBus::amqp(&self.exchange);
-        }
-        signals::SignalBus::local(self.local_bus.clone())
-    }
-
     /// Where events come from: RabbitMQ at `RABBITMQ_URL`, else the in-process bus.
     pub fn event_source(&self) -> EventSource {
         #[cfg(feature = "amqp")]
@@ -353,7 +344,7 @@ impl AppState {
             shutdown,
             stop: Arc::new(stop),
             http_metrics,
-            signals: config.signal_bus(),
+            signals: config.event_source().signal_bus(),
             web_client: config.web_client,
             limits: config.common.limits,
             cors: Arc::new(config.common.cors.clone()),

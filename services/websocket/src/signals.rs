@@ -12,7 +12,7 @@ use std::{
 
 use chat_common::{
     bus::LocalBus,
-    event::{TYPING, Typing, signal_bytes},
+    event::{AnyEvent, TYPING, Typing},
 };
 use serde::Deserialize;
 
@@ -103,16 +103,8 @@ impl SignalBus {
                 };
                 let exchange = exchange.clone();
                 tokio::spawn(async move {
-                    use lapin::{BasicProperties, options::BasicPublishOptions};
-                    let sent = channel
-                        .basic_publish(
-                            exchange.into(),
-                            "".into(),
-                            BasicPublishOptions::default(),
-                            &payload,
-                            BasicProperties::default().with_content_type("application/json".into()),
-                        )
-                        .await;
+                    let sent =
+                        chat_common::amqp::publish_event(&channel, &exchange, &payload).await;
                     if let Err(e) = sent {
                         tracing::debug!(error = %e, "a typing event was not published");
                     }
@@ -144,7 +136,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, &'static str> {
     match incoming.kind.as_deref() {
         None => Err("A frame needs a type"),
         Some(TYPING) => match incoming.to {
-            Some(serde_json::Value::String(to)) if (1..=64).contains(&to.len()) => {
+            // Any name chat-service accepts (the original's users may have long ones).
+            Some(serde_json::Value::String(to))
+                if (1..=chat_common::http::MAX_NAME_BYTES).contains(&to.len()) =>
+            {
                 Ok(ClientFrame::Typing { to })
             }
             _ => Err(r#"A typing frame needs "to": a username"#),
@@ -263,11 +258,11 @@ impl TypingGate {
             Some(false) => return TypingOutcome::NoConversation,
             Some(true) => {}
         }
-        let event = Typing {
+        let event = AnyEvent::Typing(Typing {
             from: me.to_owned(),
             to: to.to_owned(),
-        };
-        if bus.publish(signal_bytes(TYPING, &event)) {
+        });
+        if bus.publish(event.to_bytes()) {
             TypingOutcome::Forwarded
         } else {
             TypingOutcome::Unavailable
@@ -296,6 +291,17 @@ mod tests {
             parse_client_frame(r#"{"type":"typing","to":"bob"}"#),
             Ok(ClientFrame::Typing { to: "bob".into() })
         );
+        // Any name chat-service takes, however long, and none longer.
+        let longest = "b".repeat(chat_common::http::MAX_NAME_BYTES);
+        assert_eq!(
+            parse_client_frame(&format!(r#"{{"type":"typing","to":"{longest}"}}"#)),
+            Ok(ClientFrame::Typing { to: longest })
+        );
+        let too_long = format!(
+            r#"{{"type":"typing","to":"{}"}}"#,
+            "b".repeat(chat_common::http::MAX_NAME_BYTES + 1)
+        );
+        assert!(parse_client_frame(&too_long).is_err());
         for (frame, error) in [
             ("hello", "Frames must be JSON objects"),
             ("[1]", "Frames must be JSON objects"),

@@ -442,20 +442,6 @@ async fn answer<S>(
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    match client_frame(message, typing, reg, session, state).await {
-        Some(error) => writer.frame(None, error.into()).await,
-        None => Ok(()),
-    }
-}
-
-/// Acts on a client's data frame; `Some` error frame to answer it with.
-async fn client_frame(
-    message: Message,
-    typing: &mut Option<Box<TypingGate>>,
-    reg: &Registration,
-    session: &Session,
-    state: &AppState,
-) -> Option<String> {
     let parsed = match &message {
         Message::Text(text) => parse_client_frame(text),
         _ => Err("Binary frames are not supported: send JSON text"),
@@ -475,11 +461,12 @@ async fn client_frame(
             state.hub.typing_frame(outcome);
             // Dropped typing frames are not answered: to the sender, a peer who cannot be told
             // looks like one who is not looking.
-            None
+            Ok(())
         }
         Err(message) => {
             state.hub.client_error();
-            Some(chat_common::event::error_frame(message))
+            let error = chat_common::event::error_frame(message);
+            writer.frame(None, error.into()).await
         }
     }
 }

@@ -205,21 +205,15 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The contents of the message frames that arrive until the socket has been quiet for 500 ms.
-async fn drain<S>(socket: &mut S) -> Vec<String>
-where
-    S: futures_util::Stream<Item = tokio_tungstenite::tungstenite::Result<Message>> + Unpin,
-{
-    let mut contents = Vec::new();
-    while let Ok(Some(Ok(frame))) =
-        tokio::time::timeout(Duration::from_millis(500), socket.next()).await
-    {
-        if let Message::Text(text) = frame {
-            let frame: Value = serde_json::from_str(&text).unwrap();
+async fn drain(socket: &mut Socket) -> Vec<String> {
+    frames(socket)
+        .await
+        .into_iter()
+        .map(|frame| {
             assert_eq!(frame["type"], "new_message", "{frame}");
-            contents.push(frame["content"].as_str().unwrap().to_owned());
-        }
-    }
-    contents
+            frame["content"].as_str().unwrap().to_owned()
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -246,11 +240,16 @@ async fn a_client_resuming_with_last_id_gets_what_it_missed_then_live_ones_each_
 
     // A malformed last_id is refused before the upgrade.
     let url = format!("ws://{}/?token={bob}&last_id=nope", services.websocket);
+    assert_eq!(refused_upgrade(url).await.status(), 400);
+}
+
+/// The HTTP answer that refused the upgrade to `url` (the test fails if the upgrade succeeds).
+async fn refused_upgrade(
+    url: String,
+) -> Box<tokio_tungstenite::tungstenite::handshake::client::Response> {
     match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 400);
-        }
-        other => panic!("expected 400, got {other:?}"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response,
+        other => panic!("expected the upgrade to be refused, got {other:?}"),
     }
 }
 
@@ -327,12 +326,7 @@ async fn a_users_eleventh_socket_closes_their_oldest_with_4008() {
     for socket in &mut sockets {
         assert_eq!(next_json(socket).await["content"], "to every device");
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", services.websocket))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = services.metrics().await;
     assert_eq!(
         chat_common::metrics::sample(&metrics, "ws_sockets_evicted_total"),
         Some(1.0)
@@ -349,16 +343,9 @@ async fn a_full_replica_refuses_upgrades_with_503() {
         services.connect(&bob, None).await,
         services.connect(&carol, None).await,
     ];
-    let refused =
-        tokio_tungstenite::connect_async(format!("ws://{}/?token={carol}", services.websocket))
-            .await;
-    match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 503);
-            assert!(response.headers().contains_key("retry-after"));
-        }
-        other => panic!("expected 503, got {other:?}"),
-    }
+    let refused = refused_upgrade(format!("ws://{}/?token={carol}", services.websocket)).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
     drop(held);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _again = services.connect(&carol, None).await;
@@ -567,22 +554,15 @@ async fn read_and_typing_frames_reach_only_the_sockets_that_asked_for_them() {
     assert_eq!(plain[0]["type"], "new_message");
     assert_eq!(frames(&mut bob_app).await[0]["content"], "after");
     let typing_only = frames(&mut alice_typing).await;
-    assert!(
-        typing_only.iter().all(|f| f["type"] == "new_message"),
-        "{typing_only:?}"
-    );
+    assert_eq!(typing_only.len(), 1, "{typing_only:?}");
+    assert_eq!(typing_only[0]["type"], "new_message", "{typing_only:?}");
 
     // The list of events is checked at the upgrade.
     let url = format!(
         "ws://{}/?token={bob}&events=read,presence",
         services.websocket
     );
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 400);
-        }
-        other => panic!("expected 400, got {other:?}"),
-    }
+    assert_eq!(refused_upgrade(url).await.status(), 400);
 }
 
 #[tokio::test]

@@ -51,11 +51,12 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
         ("seeding", as_json),
         |i| {
             let peer = &users[i % peers];
-            if (i / peers) % 2 == 0 {
-                (peer, owner.name.as_str(), format!("m{i}"))
+            let (from, to) = if (i / peers) % 2 == 0 {
+                (peer, &owner)
             } else {
-                (&owner, peer.name.as_str(), format!("m{i}"))
-            }
+                (&owner, peer)
+            };
+            (from, to.name.as_str(), format!("m{i}"))
         },
     )
     .await?;

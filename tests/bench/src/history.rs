@@ -38,11 +38,8 @@ pub async fn run(target: &Target, args: &Args, as_json: bool) -> anyhow::Result<
         args.parallel,
         ("seeding", as_json),
         |i| {
-            if i % 2 == 0 {
-                (a, &b.name, format!("history {i}"))
-            } else {
-                (b, &a.name, format!("history {i}"))
-            }
+            let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
+            (from, &to.name, format!("history {i}"))
         },
     )
     .await?;

@@ -10,10 +10,7 @@ use std::{
 
 use async_trait::async_trait;
 use chat_common::{amqp, backoff::Backoff, bus::Payload};
-use lapin::{
-    BasicProperties, Channel, Confirmation,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
-};
+use lapin::{Channel, Confirmation, options::ConfirmSelectOptions};
 
 use super::{EventPublisher, PublishError};
 
@@ -115,14 +112,7 @@ impl EventPublisher for AmqpPublisher {
     async fn publish(&self, payload: Payload) -> Result<(), PublishError> {
         let channel = self.current().ok_or(PublishError::NotConnected)?;
         let attempt = async {
-            let confirm = channel
-                .basic_publish(
-                    self.exchange.clone().into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    &payload,
-                    BasicProperties::default().with_content_type("application/json".into()),
-                )
+            let confirm = amqp::publish_event(&channel, &self.exchange, &payload)
                 .await?
                 .await?;
             match confirm {

@@ -135,12 +135,14 @@ fn backfill(txn: &redb::WriteTransaction) -> Result<(u64, u64), StoreError> {
     let mut recent = txn.open_table(RECENT).map_err(unavailable)?;
     let mut newest: std::collections::HashMap<(String, String), [u8; 12]> =
         std::collections::HashMap::new();
-    let mut rows = 0u64;
+    let mut messages = 0u64;
     for entry in by_user.iter().map_err(unavailable)? {
         let (key, peer) = entry.map_err(unavailable)?;
         let (user, id) = key.value();
         let id: [u8; 12] = id.try_into().map_err(unavailable)?;
-        rows += 1;
+        // A message has a row for its sender and one for its recipient (one for a note to
+        // self): count it at the row whose user comes first.
+        messages += u64::from(user <= peer.value());
         let slot = newest
             .entry((user.to_owned(), peer.value().to_owned()))
             .or_insert(id);
@@ -161,7 +163,7 @@ fn backfill(txn: &redb::WriteTransaction) -> Result<(u64, u64), StoreError> {
             .map_err(unavailable)?;
         written += 1;
     }
-    Ok((rows, written))
+    Ok((messages, written))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -631,21 +633,24 @@ impl MessageStore for EmbeddedMessageStore {
                     if s.read >= id {
                         ReadMark::Unchanged
                     } else {
-                        // What is left unread: the peer's messages after this one.
+                        // What is left unread: the peer's messages after this one (none in
+                        // notes to self).
                         let key = conversation_key(o, p);
                         let mut unread = 0;
-                        for entry in table
-                            .range::<(&str, &[u8])>((
-                                std::ops::Bound::Excluded((key.as_str(), &id[..])),
-                                std::ops::Bound::Excluded((key.as_str(), &[0xff; 13][..])),
-                            ))
-                            .map_err(unavailable)?
-                        {
-                            let (k, body) = entry.map_err(unavailable)?;
-                            unread += u64::from(decode(k.value().1, body.value())?.sender == p);
+                        if o != p {
+                            for entry in table
+                                .range::<(&str, &[u8])>((
+                                    std::ops::Bound::Excluded((key.as_str(), &id[..])),
+                                    std::ops::Bound::Excluded((key.as_str(), &[0xff; 13][..])),
+                                ))
+                                .map_err(unavailable)?
+                            {
+                                let (k, body) = entry.map_err(unavailable)?;
+                                unread += u64::from(decode(k.value().1, body.value())?.sender == p);
+                            }
                         }
                         s.read = id;
-                        s.unread = if o == p { 0 } else { unread };
+                        s.unread = unread;
                         conversations
                             .insert((o, p), &s.encode()[..])
                             .map_err(unavailable)?;
@@ -653,7 +658,13 @@ impl MessageStore for EmbeddedMessageStore {
                     }
                 }
             };
-            txn.commit().map_err(unavailable)?;
+            // Nothing written unless the position moved: no flush to disk for a repeat (clients
+            // mark the same position again and again).
+            if matches!(mark, ReadMark::Moved) {
+                txn.commit().map_err(unavailable)?;
+            } else {
+                txn.abort().map_err(unavailable)?;
+            }
             Ok(mark)
         })
         .await
@@ -662,11 +673,10 @@ impl MessageStore for EmbeddedMessageStore {
     async fn backfill_conversations(&self) -> Result<Backfill, StoreError> {
         self.blocking(|db| {
             let txn = db.begin_write().map_err(unavailable)?;
-            let (rows, summaries) = backfill(&txn)?;
+            let (messages, summaries) = backfill(&txn)?;
             txn.commit().map_err(unavailable)?;
             Ok(Backfill {
-                // Each message has a row for its sender and one for its recipient.
-                messages: rows.div_ceil(2),
+                messages,
                 summaries,
             })
         })
@@ -753,5 +763,22 @@ mod tests {
                 ("carol".to_owned(), old[2].id, 0)
             ]
         );
+    }
+
+    /// A note to self has one row per user where a message between two has two: the backfill
+    /// counts messages, not rows.
+    #[tokio::test]
+    async fn the_backfill_counts_notes_to_self_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedMessageStore::open(&dir.path().join("chat.redb")).unwrap();
+        let notes = [
+            message("alice", "alice"),
+            message("alice", "alice"),
+            message("alice", "alice"),
+            message("alice", "bob"),
+        ];
+        store.insert_many(&notes, 0).await.unwrap();
+        let report = store.backfill_conversations().await.unwrap();
+        assert_eq!((report.messages, report.summaries), (4, 0));
     }
 }

@@ -222,6 +222,38 @@ fn owner_peer_index() -> IndexModel {
         .build()
 }
 
+/// A message's `_id` and its two users, read without its content.
+#[derive(Debug, Deserialize)]
+struct Ends {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    sender: String,
+    recipient: String,
+}
+
+/// The projection that reads [`Ends`].
+fn ends_projection() -> Document {
+    doc! { "sender": 1, "recipient": 1 }
+}
+
+/// What an `update` command answers, as far as a bulk write needs.
+#[derive(Debug, Deserialize)]
+struct UpdateReply {
+    #[serde(default, rename = "writeErrors")]
+    write_errors: Vec<StatementError>,
+    #[serde(rename = "writeConcernError")]
+    write_concern_error: Option<Document>,
+}
+
+/// A statement of an `update` command that failed: its position in `updates`, and why.
+#[derive(Debug, Deserialize)]
+struct StatementError {
+    index: usize,
+    code: i32,
+    #[serde(default)]
+    errmsg: String,
+}
+
 pub struct MongoMessageStore {
     db: Database,
     messages: Collection<MessageDoc>,
@@ -346,43 +378,65 @@ impl MongoMessageStore {
 
     /// Runs `updates` (statements of one `update` command) on `conversations`, unordered. An
     /// upsert that lost a race to create the same summary fails on the unique index: it is run
-    /// again, and then updates the summary the other created.
+    /// again, and then updates the summary the other created. (MongoDB retries such an upsert
+    /// itself when its filter is the unique key's equality; other servers may not.)
     async fn update_summaries(&self, mut updates: Vec<Document>) -> Result<(), StoreError> {
+        // Summaries are what lists a conversation: as durable as the messages they list.
+        let write_concern = self
+            .conversations
+            .write_concern()
+            .and_then(|wc| bson::to_document(wc).ok())
+            .unwrap_or_default();
         for attempt in 0..2 {
             if updates.is_empty() {
                 return Ok(());
             }
-            let command = doc! {
-                "update": self.conversations.name(),
-                "updates": updates.clone(),
-                "ordered": false,
-            };
-            let reply = self.timed(self.db.run_command(command)).await?;
-            let errors = match reply.get_array("writeErrors") {
-                Ok(errors) if !errors.is_empty() => errors,
-                _ => return Ok(()),
-            };
+            let errors = self
+                .update_command(&self.conversations, updates.clone(), &write_concern)
+                .await?;
             let mut again = Vec::new();
             for error in errors {
-                let error = error.as_document();
-                let code = error.and_then(|e| e.get_i32("code").ok());
-                let index = error
-                    .and_then(|e| e.get_i32("index").ok())
-                    .and_then(|i| usize::try_from(i).ok());
-                match (code, index) {
-                    (Some(11000), Some(i)) if attempt == 0 => {
-                        again.extend(updates.get(i).cloned());
-                    }
-                    _ => {
-                        return Err(StoreError::Unavailable(format!(
-                            "conversation summaries not written: {error:?}"
-                        )));
-                    }
+                if error.code == mongo::DUPLICATE_KEY && attempt == 0 {
+                    again.extend(updates.get(error.index).cloned());
+                } else {
+                    return Err(StoreError::Unavailable(format!(
+                        "conversation summaries not written: {} (code {})",
+                        error.errmsg, error.code
+                    )));
                 }
             }
             updates = again;
         }
         Ok(())
+    }
+
+    /// Runs one unordered `update` command of `updates` on `collection` (a bulk write: one round
+    /// trip) and returns its statements' write errors. The driver adds no write concern to a
+    /// command it is given: `write_concern` is the command's (empty: the server's default), and
+    /// a write concern error fails the call.
+    async fn update_command<T: Send + Sync>(
+        &self,
+        collection: &Collection<T>,
+        updates: Vec<Document>,
+        write_concern: &Document,
+    ) -> Result<Vec<StatementError>, StoreError> {
+        let mut command = doc! {
+            "update": collection.name(),
+            "updates": updates,
+            "ordered": false,
+        };
+        if !write_concern.is_empty() {
+            command.insert("writeConcern", write_concern.clone());
+        }
+        let reply = self.timed(self.db.run_command(command)).await?;
+        let reply: UpdateReply = bson::from_document(reply)
+            .map_err(|e| StoreError::Unavailable(format!("an update's reply: {e}")))?;
+        if let Some(error) = reply.write_concern_error {
+            return Err(StoreError::Unavailable(format!(
+                "write concern not met: {error}"
+            )));
+        }
+        Ok(reply.write_errors)
     }
 
     /// Writes the summaries of `messages`' conversations (see [`SummaryWrites`]).
@@ -453,15 +507,6 @@ impl MongoMessageStore {
     /// Retries [`Self::ensure_indexes`] with backoff until it succeeds.
     pub async fn ensure_indexes_with_retry(&self) {
         mongo::retry_until_ok("creating the messages indexes", || self.ensure_indexes()).await;
-    }
-
-    /// A call without the per-operation timeout (a one-shot pass over a collection).
-    async fn timed_long<T>(
-        &self,
-        call: impl IntoFuture<Output = mongodb::error::Result<T>>,
-    ) -> Result<T, StoreError> {
-        call.await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     async fn timed<T>(
@@ -638,25 +683,21 @@ impl MessageStore for MongoMessageStore {
         if ids.is_empty() {
             return Ok(());
         }
-        // One `update` command of one point update per message (a bulk write: one round trip).
         let updates: Vec<Document> = ids
             .iter()
             .map(|id| doc! { "q": { "_id": id }, "u": { "$unset": { "outbox": "" } } })
             .collect();
         // A clear lost in a crash only means a repeat: no need to wait for the journal.
-        let command = doc! {
-            "update": self.messages.name(),
-            "updates": updates,
-            "ordered": false,
-            "writeConcern": { "w": 1, "j": false },
-        };
-        let reply = self.timed(self.db.run_command(command)).await?;
-        match reply.get_array("writeErrors") {
-            Ok(errors) if !errors.is_empty() => Err(StoreError::Unavailable(format!(
+        let errors = self
+            .update_command(&self.messages, updates, &doc! { "w": 1, "j": false })
+            .await?;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
                 "{} outbox markers not cleared",
                 errors.len()
-            ))),
-            _ => Ok(()),
+            )))
         }
     }
 
@@ -723,7 +764,6 @@ impl MessageStore for MongoMessageStore {
                     .batch_size(u32::try_from(wanted).unwrap_or(u32::MAX)),
             )
             .await?;
-        summaries.retain(|s| s.last_id.is_some());
         let more = summaries.len() > limit;
         summaries.truncate(limit);
         if summaries.is_empty() {
@@ -780,7 +820,12 @@ impl MessageStore for MongoMessageStore {
         up_to: ObjectId,
     ) -> Result<ReadMark, StoreError> {
         let found = self
-            .timed(self.messages.find_one(doc! { "_id": up_to }))
+            .timed(
+                self.messages
+                    .clone_with_type::<Ends>()
+                    .find_one(doc! { "_id": up_to })
+                    .projection(ends_projection()),
+            )
             .await?;
         let ours = found.is_some_and(|m| {
             (m.sender == owner && m.recipient == peer) || (m.sender == peer && m.recipient == owner)
@@ -816,13 +861,6 @@ impl MessageStore for MongoMessageStore {
     async fn backfill_conversations(&self) -> Result<Backfill, StoreError> {
         use std::collections::HashMap;
         #[derive(Deserialize)]
-        struct Ends {
-            #[serde(rename = "_id")]
-            id: ObjectId,
-            sender: String,
-            recipient: String,
-        }
-        #[derive(Deserialize)]
         struct Since {
             since: ObjectId,
         }
@@ -840,15 +878,16 @@ impl MessageStore for MongoMessageStore {
             .map_or_else(ObjectId::new, |s| s.since);
         // One pass over the collection: per direction, the newest message, and the newest
         // before `since`.
-        let ends: Collection<Ends> = self.db.collection(self.messages.name());
+        let ends = self.messages.clone_with_type::<Ends>();
         let mut report = Backfill::default();
         let mut newest: HashMap<(String, String), (ObjectId, Option<ObjectId>)> = HashMap::new();
         let messages = &mut report.messages;
         let newest_ref = &mut newest;
-        self.timed_long(async move {
+        // Not bounded by the per-operation timeout: a one-shot pass over the collection.
+        async move {
             let mut cursor = ends
                 .find(doc! {})
-                .projection(doc! { "sender": 1, "recipient": 1 })
+                .projection(ends_projection())
                 .batch_size(10_000)
                 .await?;
             while cursor.advance().await? {
@@ -862,9 +901,10 @@ impl MessageStore for MongoMessageStore {
                     slot.1 = slot.1.max(Some(e.id));
                 }
             }
-            Ok(())
-        })
-        .await?;
+            Ok::<_, mongodb::error::Error>(())
+        }
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         // Per user and peer: the newest message either way, the newest from the peer, and the
         // newest from the peer before `since` (read).
         let mut writes = SummaryWrites::default();

@@ -35,6 +35,17 @@ pub enum EventSource {
     Local(LocalBus),
 }
 
+impl EventSource {
+    /// Where typing events go: where events come from.
+    pub fn signal_bus(&self) -> SignalBus {
+        match self {
+            #[cfg(feature = "amqp")]
+            Self::Amqp { exchange, .. } => SignalBus::amqp(exchange),
+            Self::Local(bus) => SignalBus::local(bus.clone()),
+        }
+    }
+}
+
 /// Consumes `source` into `hub` until `stop` is set; `ready` tells whether events flow.
 pub async fn run(
     source: EventSource,
